@@ -1,1 +1,8 @@
-//! placeholder
+//! quintet's shared core: wire types, the 2PC state machines and the storage
+//! primitives both server binaries build on.
+//!
+//! Nothing in here opens a socket or reads a clock except the storage module,
+//! which owns the files; the protocol state machines are pure so that scenario
+//! tests can drive them message by message.
+
+pub mod storage;

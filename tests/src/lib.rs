@@ -1,1 +1,5 @@
+//! Support code for quintet's end-to-end tests and the `quintet-chaos`
+//! fault-injection runner: operation histories and their checker.
 
+pub mod checker;
+pub mod history;

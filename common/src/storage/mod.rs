@@ -1,0 +1,1 @@
+//! Durable storage primitives: the write-ahead log and snapshot files.

@@ -1,0 +1,1 @@
+//! Operation histories recorded by workloads.
