@@ -5,4 +5,16 @@
 //! which owns the files; the protocol state machines are pure so that scenario
 //! tests can drive them message by message.
 
+pub mod error;
+pub mod rpc;
 pub mod storage;
+pub mod store;
+pub mod types;
+
+pub use error::Error;
+pub mod duration;
+pub mod identity;
+pub mod net;
+pub mod protocol;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,1 +1,20 @@
-fn main() {}
+//! `quintet-participant`: one replica of a quintet cluster.
+
+mod config;
+mod node;
+mod server;
+mod service;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() {
+    let config = config::Config::parse();
+    quintet_common::telemetry::init(config.log_format, "info");
+    quintet_common::telemetry::exit_on_panic();
+    tracing::info!(?config, "starting");
+    if let Err(e) = server::run(config, quintet_common::shutdown::signal()).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -114,14 +114,14 @@ fn create_segment(dir: &Path, index: u64) -> Result<File, StorageError> {
 /// (without deleting anything) if it would delete the newest segment.
 pub fn remove_segments_before(dir: &Path, index: u64) -> Result<usize, StorageError> {
     let segments = list_segments(dir)?;
-    if let Some(&newest) = segments.last() {
-        if newest < index {
-            return Err(StorageError::RemoveLiveSegment {
-                dir: dir.to_path_buf(),
-                index,
-                newest,
-            });
-        }
+    if let Some(&newest) = segments.last()
+        && newest < index
+    {
+        return Err(StorageError::RemoveLiveSegment {
+            dir: dir.to_path_buf(),
+            index,
+            newest,
+        });
     }
     let mut removed = 0;
     for &i in segments.iter().filter(|&&i| i < index) {
@@ -287,7 +287,6 @@ fn cut_torn_tail(path: &Path, torn: &Torn) -> Result<(), StorageError> {
 /// `File::try_lock` is stable since Rust 1.89 while the workspace still
 /// declares `rust-version = "1.85"`; the toolchain in use is 1.95. The allow
 /// goes once the workspace's rust-version is raised to 1.89.
-#[allow(clippy::incompatible_msrv)]
 fn lock_dir(dir: &Path) -> Result<File, StorageError> {
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()

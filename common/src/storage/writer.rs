@@ -240,10 +240,10 @@ impl LogWriter {
     /// background and exit.
     pub fn shutdown(mut self) -> Result<(), StorageError> {
         let _ = self.tx.send(Op::Shutdown);
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                return Err(StorageError::WriterStopped);
-            }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            return Err(StorageError::WriterStopped);
         }
         let state = self.durable.borrow().clone();
         match state.error {

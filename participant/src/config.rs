@@ -1,0 +1,70 @@
+//! The participant's configuration: one struct, built by clap, every flag
+//! with a `QUINTET_*` environment fallback.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use quintet_common::telemetry::LogFormat;
+use quintet_common::types::{DEFAULT_MAX_VALUE_LEN, MAX_PARTICIPANTS, NodeId};
+
+/// A quintet replica: votes on and applies the coordinator's batches, serves reads.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "quintet-participant", version)]
+pub struct Config {
+    /// This replica's id, 1..=7: its position in the coordinator's --participants list.
+    #[arg(long, env = "QUINTET_ID", value_parser = clap::value_parser!(u32).range(1..=MAX_PARTICIPANTS as i64))]
+    pub id: NodeId,
+
+    /// Address to serve clients and the coordinator on [default: 127.0.0.1:770<ID>].
+    #[arg(long, env = "QUINTET_LISTEN")]
+    pub listen: Option<String>,
+
+    /// The coordinator's address.
+    #[arg(long, env = "QUINTET_COORDINATOR", default_value = "127.0.0.1:7700")]
+    pub coordinator: String,
+
+    /// Data directory [default: ./quintet-data/participant-<ID>].
+    #[arg(long, env = "QUINTET_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Largest value accepted, in bytes.
+    #[arg(long, env = "QUINTET_MAX_VALUE_SIZE", default_value_t = DEFAULT_MAX_VALUE_LEN)]
+    pub max_value_size: usize,
+
+    /// Take a snapshot (and delete older log segments) after this many MiB of log.
+    #[arg(long, env = "QUINTET_SNAPSHOT_MIB", default_value_t = 64)]
+    pub snapshot_mib: u64,
+
+    /// How long a linearizable read waits on an undecided write of its key.
+    #[arg(long, env = "QUINTET_READ_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub read_timeout: Duration,
+
+    /// How long to keep trying to reach the coordinator at start-up.
+    #[arg(long, env = "QUINTET_STARTUP_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub startup_timeout: Duration,
+
+    /// Log format.
+    #[arg(long, env = "QUINTET_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The listen address after defaults.
+    pub fn listen_addr(&self) -> String {
+        self.listen
+            .clone()
+            .unwrap_or_else(|| format!("127.0.0.1:{}", 7700 + self.id))
+    }
+
+    /// The data dir after defaults.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("./quintet-data/participant-{}", self.id)))
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    quintet_common::duration::parse(s)
+}

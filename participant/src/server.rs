@@ -1,0 +1,144 @@
+//! Start-up and shutdown of a participant: open and replay the data dir,
+//! register with the coordinator, serve until told to stop, flush.
+
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use quintet_common::identity::{self, Identity};
+use quintet_common::net::{self, Link};
+use quintet_common::protocol::participant::{Participant, Record, Snapshot};
+use quintet_common::rpc::{Admin, Kv, ParticipantServe, Peer};
+use quintet_common::storage::{snapshot, wal::Wal, writer::LogWriter};
+use quintet_common::types::Limits;
+use tracing::info;
+
+use crate::config::Config;
+use crate::node::{Node, Settings};
+use crate::service::Handler;
+
+/// Largest WAL record: a full batch plus headroom.
+const MAX_RECORD: usize = net::MAX_FRAME;
+
+/// Rebuilds the replica's state from its data dir.
+pub fn open_state(
+    dir: &Path,
+    id: u32,
+    limits: Limits,
+) -> anyhow::Result<(Participant, LogWriter, Option<Identity>)> {
+    let ident = identity::load(dir)?;
+    if let Some(ident) = ident
+        && ident.node != id
+    {
+        anyhow::bail!(
+            "data dir {} belongs to participant {}, not {id}; pass --id {} or another --data-dir",
+            dir.display(),
+            ident.node,
+            ident.node
+        );
+    }
+    let snap = snapshot::load_latest(dir)?;
+    let (first_segment, snapshot) = match snap {
+        Some((seq, payload)) => {
+            let s: Snapshot = bincode::deserialize(&payload).map_err(|e| {
+                anyhow::anyhow!(
+                    "snapshot {seq} in {} cannot be decoded ({e}); the data dir is damaged",
+                    dir.display()
+                )
+            })?;
+            (seq, Some(s))
+        }
+        None => (0, None),
+    };
+    let (wal, payloads) = Wal::open_from(dir, MAX_RECORD, first_segment)?;
+    let mut records = Vec::with_capacity(payloads.len());
+    for (i, p) in payloads.iter().enumerate() {
+        let r: Record = bincode::deserialize(p).map_err(|e| {
+            anyhow::anyhow!(
+                "log record {i} in {} cannot be decoded ({e}); the data dir is damaged",
+                dir.display()
+            )
+        })?;
+        records.push(r);
+    }
+    let count = records.len();
+    let sm = Participant::restore(id, limits, snapshot, records).map_err(|e| {
+        anyhow::anyhow!(
+            "the log in {} is inconsistent: {e}; the data dir is damaged",
+            dir.display()
+        )
+    })?;
+    info!(
+        node = id,
+        applied = sm.store().applied(),
+        records = count,
+        pending = ?sm.pending().map(|p| p.batch.id),
+        "recovered from {}",
+        dir.display()
+    );
+    Ok((sm, LogWriter::spawn(wal), ident))
+}
+
+/// Runs a participant until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let dir = config.data_dir();
+    let limits = Limits {
+        max_value_len: config.max_value_size,
+    };
+    let (sm, log, ident) = open_state(&dir, config.id, limits)?;
+    let listener = net::bind(&config.listen_addr()).await?;
+    let link = Link::new(config.coordinator.clone(), Duration::from_secs(2));
+    let settings = Settings {
+        id: config.id,
+        limits,
+        read_timeout: config.read_timeout,
+        data_dir: dir.clone(),
+        snapshot_bytes: config.snapshot_mib.max(1) << 20,
+    };
+    let node = Node::new(settings, sm, log, link);
+    let reply = node.register(config.startup_timeout).await?;
+    match ident {
+        Some(i) if i.cluster != reply.cluster => anyhow::bail!(
+            "data dir {} belongs to cluster {}, but the coordinator at {} runs cluster {}; point --coordinator at the right cluster",
+            dir.display(),
+            i.cluster,
+            config.coordinator,
+            reply.cluster
+        ),
+        Some(_) => {}
+        None => identity::store(
+            &dir,
+            Identity {
+                cluster: reply.cluster,
+                node: config.id,
+            },
+        )
+        .context("cannot record the cluster id")?,
+    }
+    node.set_ready(true);
+    info!(
+        node = config.id,
+        listen = %config.listen_addr(),
+        cluster = %reply.cluster,
+        epoch = reply.epoch,
+        committed = reply.committed,
+        "participant ready"
+    );
+    let resolver = tokio::spawn(node.clone().resolve_loop(Duration::from_millis(500)));
+    let handler = Handler(node.clone());
+    net::serve(listener, shutdown, move |transport| {
+        let service = ParticipantServe {
+            admin: <Handler as Admin>::serve(handler.clone()),
+            kv: <Handler as Kv>::serve(handler.clone()),
+            peer: <Handler as Peer>::serve(handler.clone()),
+        };
+        quintet_common::execute!(transport, service)
+    })
+    .await;
+    node.set_ready(false);
+    resolver.abort();
+    node.flush().await;
+    info!(node = config.id, "participant stopped");
+    Ok(())
+}

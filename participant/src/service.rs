@@ -1,0 +1,93 @@
+//! The tarpc services a participant serves on its port: `Admin`, `Kv` for
+//! clients and `Peer` for the coordinator. Each method is a thin adapter to
+//! [`Node`]; all of them are cancel-safe because the node hands records to
+//! the log writer before awaiting anything.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quintet_common::error::Error;
+use quintet_common::net::context_with_timeout;
+use quintet_common::rpc::{
+    Admin, CoordinatorStatus, DecisionRequest, GetReply, Health, Kv, ParticipantStatus, Peer,
+    PrepareRequest, Vote, WriteReply, coord_conn,
+};
+use quintet_common::types::{Op, ReadLevel};
+use tarpc::context::Context;
+use tracing::{Instrument, info_span};
+
+use crate::node::Node;
+
+/// Margin kept from the client's deadline so an "outcome unknown" answer
+/// still reaches the client in time.
+const FORWARD_MARGIN: Duration = Duration::from_millis(150);
+
+/// The handler tarpc clones per request.
+#[derive(Clone)]
+pub struct Handler(pub Arc<Node>);
+
+impl Admin for Handler {
+    async fn health(self, _: Context) -> Result<Health, Error> {
+        Ok(self.0.health())
+    }
+}
+
+impl Kv for Handler {
+    async fn get(self, _: Context, key: Vec<u8>, level: ReadLevel) -> Result<GetReply, Error> {
+        self.0.get(key, level).await
+    }
+
+    async fn write(self, ctx: Context, op: Op) -> Result<WriteReply, Error> {
+        let left = ctx.deadline.saturating_duration_since(Instant::now());
+        let timeout = left
+            .saturating_sub(FORWARD_MARGIN)
+            .max(Duration::from_millis(10));
+        self.0.write(op, timeout).await
+    }
+
+    async fn status(self, _: Context) -> Result<ParticipantStatus, Error> {
+        Ok(self.0.status())
+    }
+
+    async fn coordinator_status(self, _: Context) -> Result<CoordinatorStatus, Error> {
+        let ctx = context_with_timeout(Duration::from_secs(2));
+        match self
+            .0
+            .coordinator()
+            .call(|ch| async move { coord_conn(ch).status(ctx).await })
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => Err(Error::Unavailable(format!(
+                "cannot reach the coordinator: {e}"
+            ))),
+        }
+    }
+}
+
+impl Peer for Handler {
+    async fn prepare(self, _: Context, req: PrepareRequest) -> Result<Vote, Error> {
+        let span = info_span!("prepare", node = self.0.id(), batch = %req.batch.id, version = req.batch.first_version);
+        async move {
+            let vote = self.0.step(|sm| sm.prepare(&req)).await?;
+            if let Ok(Vote::No(reason)) = &vote {
+                tracing::warn!(%reason, "voted no");
+            }
+            vote
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn commit(self, _: Context, req: DecisionRequest) -> Result<(), Error> {
+        self.0
+            .step(|sm| sm.commit(req.cluster, req.to, req.batch))
+            .await?
+    }
+
+    async fn abort(self, _: Context, req: DecisionRequest) -> Result<(), Error> {
+        self.0
+            .step(|sm| sm.abort(req.cluster, req.to, req.batch))
+            .await?
+    }
+}
