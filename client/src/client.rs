@@ -1,0 +1,220 @@
+//! [`Client`]: GET, PUT, DELETE and status against any replica.
+//!
+//! Endpoint choice follows one rule: a request goes to a random endpoint and
+//! moves to the next only when it surely was not delivered (no connection
+//! could be made). A write that may have reached a replica is never retried
+//! blindly; it is reported as [`ClientError::Unknown`] so the caller can read
+//! the key and decide. Reads also move on when a replica says it is not
+//! current or is stopping, since a read has no effect to duplicate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quintet_common::error::Error;
+use quintet_common::net::{Link, LinkError, context_with_timeout};
+use quintet_common::rpc::{
+    AdminOnlyRequest, AdminOnlyResponse, CoordinatorStatus, GetReply, Health, ParticipantRequest,
+    ParticipantResponse, ParticipantStatus, admin_conn, kv_conn,
+};
+use quintet_common::types::{Op, OpResult, ReadLevel};
+
+/// Link to one participant.
+type ReplicaLink = Link<ParticipantRequest, ParticipantResponse>;
+
+/// Why a client call failed. [`ClientError::exit_code`] maps it to the CLI's
+/// exit codes: 3 = failed and surely not applied, 4 = outcome unknown.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// The replica answered with an error.
+    #[error("{endpoint}: {error}")]
+    Server {
+        /// Which replica.
+        endpoint: String,
+        /// What it said.
+        error: Error,
+    },
+    /// No endpoint accepted a connection; nothing was sent.
+    #[error("no replica reachable ({detail}); nothing was sent: check that the cluster is up and --endpoints")]
+    Unreachable {
+        /// What each endpoint said.
+        detail: String,
+    },
+    /// The request was sent but no answer came back.
+    #[error("{endpoint}: {detail}; the outcome is unknown: read the key to find out before retrying")]
+    Unknown {
+        /// Which replica.
+        endpoint: String,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+impl ClientError {
+    /// True when the operation surely did not take effect.
+    pub fn surely_not_applied(&self) -> bool {
+        match self {
+            ClientError::Server { error, .. } => error.surely_not_applied(),
+            ClientError::Unreachable { .. } => true,
+            ClientError::Unknown { .. } => false,
+        }
+    }
+
+    /// The CLI exit code: 3 (failed, not applied) or 4 (outcome unknown).
+    pub fn exit_code(&self) -> i32 {
+        if self.surely_not_applied() { 3 } else { 4 }
+    }
+
+    /// A short machine-readable kind, for summaries and JSON output.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientError::Server { error, .. } => match error {
+                Error::Aborted(_) => "aborted",
+                Error::InvalidArgument(_) => "invalid",
+                Error::Unavailable(_) => "unavailable",
+                Error::InDoubt(_) => "in_doubt",
+                Error::NotCurrent(_) => "not_current",
+                Error::OutcomeUnknown(_) => "unknown",
+                Error::ClusterMismatch(_) => "cluster_mismatch",
+                Error::ShuttingDown(_) => "shutting_down",
+                Error::Internal(_) => "internal",
+            },
+            ClientError::Unreachable { .. } => "unreachable",
+            ClientError::Unknown { .. } => "timeout",
+        }
+    }
+}
+
+/// A client of one cluster, cheap to clone; connections are shared.
+#[derive(Clone)]
+pub struct Client {
+    links: Arc<Vec<ReplicaLink>>,
+    timeout: Duration,
+}
+
+impl Client {
+    /// A client for these participant addresses; nothing connects yet.
+    pub fn new(endpoints: &[String], timeout: Duration) -> Result<Client, String> {
+        if endpoints.is_empty() {
+            return Err("no endpoints given: pass --endpoints or set QUINTET_ENDPOINTS".into());
+        }
+        let connect = timeout.min(Duration::from_secs(2));
+        let links = endpoints.iter().map(|e| Link::new(e.trim(), connect)).collect();
+        Ok(Client { links: Arc::new(links), timeout })
+    }
+
+    /// The endpoint addresses, in the order given.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.links.iter().map(|l| l.addr().to_string()).collect()
+    }
+
+    /// The per-request timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Reads a key at a random replica.
+    pub async fn get(&self, key: &[u8], level: ReadLevel) -> Result<GetReply, ClientError> {
+        self.failover(true, |c, i| c.get_at(i, key, level)).await
+    }
+
+    /// Writes a key through a random replica.
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<OpResult, ClientError> {
+        let op = Op::Put { key: key.to_vec(), value: value.to_vec() };
+        self.failover(false, |c, i| c.write_at(i, op.clone())).await
+    }
+
+    /// Deletes a key through a random replica.
+    pub async fn delete(&self, key: &[u8]) -> Result<OpResult, ClientError> {
+        let op = Op::Delete { key: key.to_vec() };
+        self.failover(false, |c, i| c.write_at(i, op.clone())).await
+    }
+
+    /// Reads a key at replica `i` (index into the endpoints), no failover.
+    pub async fn get_at(&self, i: usize, key: &[u8], level: ReadLevel) -> Result<GetReply, ClientError> {
+        let key = key.to_vec();
+        let ctx = context_with_timeout(self.timeout);
+        self.call(i, |ch| async move { kv_conn(ch).get(ctx, key, level).await }).await
+    }
+
+    /// Sends a write through replica `i`, no failover.
+    pub async fn write_at(&self, i: usize, op: Op) -> Result<OpResult, ClientError> {
+        let ctx = context_with_timeout(self.timeout);
+        self.call(i, |ch| async move { kv_conn(ch).write(ctx, op).await })
+            .await
+            .map(|r| r.result)
+    }
+
+    /// Status of replica `i`.
+    pub async fn status_at(&self, i: usize) -> Result<ParticipantStatus, ClientError> {
+        let ctx = context_with_timeout(self.timeout);
+        self.call(i, |ch| async move { kv_conn(ch).status(ctx).await }).await
+    }
+
+    /// Status of every replica, in endpoint order, queried in parallel.
+    pub async fn status_all(&self) -> Vec<Result<ParticipantStatus, ClientError>> {
+        futures::future::join_all((0..self.links.len()).map(|i| self.status_at(i))).await
+    }
+
+    /// The coordinator's status, asked through the first replica that answers.
+    pub async fn coordinator_status(&self) -> Result<CoordinatorStatus, ClientError> {
+        let mut last = None;
+        for i in 0..self.links.len() {
+            let ctx = context_with_timeout(self.timeout);
+            match self.call(i, |ch| async move { kv_conn(ch).coordinator_status(ctx).await }).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(ClientError::Unreachable { detail: "no endpoints".into() }))
+    }
+
+    async fn call<T, F, Fut>(&self, i: usize, f: F) -> Result<T, ClientError>
+    where
+        F: FnOnce(quintet_common::rpc::ParticipantChannel) -> Fut,
+        Fut: Future<Output = Result<Result<T, Error>, tarpc::client::RpcError>>,
+    {
+        let link = &self.links[i % self.links.len()];
+        let endpoint = link.addr().to_string();
+        match link.call(f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(error)) => Err(ClientError::Server { endpoint, error }),
+            Err(e @ LinkError::Connect { .. }) => Err(ClientError::Unreachable { detail: e.to_string() }),
+            Err(e) => Err(ClientError::Unknown { endpoint, detail: e.to_string() }),
+        }
+    }
+
+    async fn failover<'a, T, F, Fut>(&'a self, read: bool, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(&'a Client, usize) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let n = self.links.len();
+        let start = rand::random_range(0..n);
+        let mut refused = Vec::new();
+        for k in 0..n {
+            let i = (start + k) % n;
+            match f(self, i).await {
+                Err(ClientError::Unreachable { detail }) => refused.push(detail),
+                Err(ClientError::Server { error: Error::NotCurrent(_) | Error::ShuttingDown(_), endpoint })
+                    if read && k + 1 < n =>
+                {
+                    refused.push(format!("{endpoint}: not serving reads"));
+                }
+                other => return other,
+            }
+        }
+        Err(ClientError::Unreachable { detail: refused.join("; ") })
+    }
+}
+
+/// Probes any quintet server (coordinator or participant) for health.
+pub async fn health(addr: &str, timeout: Duration) -> Result<Health, ClientError> {
+    let link: Link<AdminOnlyRequest, AdminOnlyResponse> = Link::new(addr, timeout);
+    let ctx = context_with_timeout(timeout);
+    match link.call(|ch| async move { admin_conn(ch).health(ctx).await }).await {
+        Ok(Ok(h)) => Ok(h),
+        Ok(Err(error)) => Err(ClientError::Server { endpoint: addr.into(), error }),
+        Err(e @ LinkError::Connect { .. }) => Err(ClientError::Unreachable { detail: e.to_string() }),
+        Err(e) => Err(ClientError::Unknown { endpoint: addr.into(), detail: e.to_string() }),
+    }
+}

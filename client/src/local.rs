@@ -1,0 +1,346 @@
+//! [`LocalCluster`]: a coordinator and N participants as child processes on
+//! 127.0.0.1, for `quintet local`, `quintet demo`, the end-to-end tests and
+//! the local fault-injection backend.
+//!
+//! The server binaries are found next to the running executable (or one
+//! directory up, where cargo puts binaries relative to test executables).
+//! Each child's output goes to `DIR/logs/NAME.log`, appended across restarts,
+//! so a failed test leaves a trail. Dropping the cluster kills every child it
+//! started, so a panicking test leaves no process behind.
+
+use std::fs::{self, OpenOptions};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::client::health;
+
+/// One process of the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Node {
+    /// The coordinator.
+    Coordinator,
+    /// Participant `id` (1-based).
+    Participant(u32),
+}
+
+impl std::fmt::Display for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Node::Coordinator => write!(f, "coordinator"),
+            Node::Participant(id) => write!(f, "participant-{id}"),
+        }
+    }
+}
+
+/// How to start a local cluster.
+#[derive(Clone, Debug)]
+pub struct LocalOptions {
+    /// Data and log directory; `None` makes a temp dir removed on drop.
+    pub dir: Option<PathBuf>,
+    /// Coordinator port; participant i gets base + i. `None` finds free ports.
+    pub base_port: Option<u16>,
+    /// Number of participants (1..=7).
+    pub participants: u32,
+    /// Extra arguments for the coordinator.
+    pub coordinator_args: Vec<String>,
+    /// Extra arguments for every participant.
+    pub participant_args: Vec<String>,
+    /// Where the server binaries are; `None` looks next to this executable.
+    pub bin_dir: Option<PathBuf>,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        LocalOptions {
+            dir: None,
+            base_port: None,
+            participants: 5,
+            coordinator_args: Vec::new(),
+            participant_args: Vec::new(),
+            bin_dir: None,
+        }
+    }
+}
+
+/// A running local cluster.
+pub struct LocalCluster {
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    bin_dir: PathBuf,
+    base_port: u16,
+    opts: LocalOptions,
+    children: Vec<(Node, Option<Child>)>,
+}
+
+/// Finds the directory holding `quintet-coordinator` and `quintet-participant`.
+pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot locate the running executable")?;
+    let mut candidates = Vec::new();
+    if let Some(d) = exe.parent() {
+        candidates.push(d.to_path_buf());
+        if let Some(up) = d.parent() {
+            candidates.push(up.to_path_buf());
+        }
+    }
+    for d in &candidates {
+        if d.join("quintet-coordinator").is_file() && d.join("quintet-participant").is_file() {
+            return Ok(d.clone());
+        }
+    }
+    bail!(
+        "quintet-coordinator and quintet-participant were not found next to {}; build them with `cargo build --release` (or `cargo build --workspace`) and run target/release/quintet",
+        exe.display()
+    )
+}
+
+fn free_base_port(n: u32) -> anyhow::Result<u16> {
+    // Probe blocks of n+1 consecutive ports; a port we can bind now is very
+    // likely still free a moment later when the child binds it.
+    for _ in 0..200 {
+        let base: u16 = rand::random_range(20_000..60_000);
+        let all_free = (0..=n as u16).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if all_free {
+            return Ok(base);
+        }
+    }
+    bail!("could not find {} free consecutive ports on 127.0.0.1", n + 1)
+}
+
+impl LocalCluster {
+    /// Starts the coordinator, then the participants; returns once every
+    /// node answers its health probe as ready (or fails after `timeout`).
+    pub async fn start(opts: LocalOptions, timeout: Duration) -> anyhow::Result<LocalCluster> {
+        if opts.participants == 0 || opts.participants > 7 {
+            bail!("--participants must be 1 to 7, got {}", opts.participants);
+        }
+        let bin_dir = match &opts.bin_dir {
+            Some(d) => d.clone(),
+            None => find_bin_dir()?,
+        };
+        let (dir, temp) = match &opts.dir {
+            Some(d) => (d.clone(), None),
+            None => {
+                let t = tempfile::Builder::new().prefix("quintet-local-").tempdir()?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        fs::create_dir_all(dir.join("logs"))
+            .with_context(|| format!("cannot create {}", dir.join("logs").display()))?;
+        let base_port = match opts.base_port {
+            Some(p) => p,
+            None => free_base_port(opts.participants)?,
+        };
+        let mut children = vec![(Node::Coordinator, None)];
+        children.extend((1..=opts.participants).map(|i| (Node::Participant(i), None)));
+        let mut cluster = LocalCluster { dir, _temp: temp, bin_dir, base_port, opts, children };
+        cluster.start_node(Node::Coordinator)?;
+        cluster.wait_ready(Node::Coordinator, timeout).await?;
+        for i in 1..=cluster.opts.participants {
+            cluster.start_node(Node::Participant(i))?;
+        }
+        cluster.wait_all_ready(timeout).await?;
+        Ok(cluster)
+    }
+
+    /// The data and log directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Address of a node.
+    pub fn addr(&self, node: Node) -> String {
+        match node {
+            Node::Coordinator => format!("127.0.0.1:{}", self.base_port),
+            Node::Participant(i) => format!("127.0.0.1:{}", self.base_port + i as u16),
+        }
+    }
+
+    /// Participant addresses, in id order.
+    pub fn endpoints(&self) -> Vec<String> {
+        (1..=self.opts.participants).map(|i| self.addr(Node::Participant(i))).collect()
+    }
+
+    /// Every node, coordinator first.
+    pub fn nodes(&self) -> Vec<Node> {
+        self.children.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// Data dir of a node.
+    pub fn data_dir(&self, node: Node) -> PathBuf {
+        self.dir.join(node.to_string())
+    }
+
+    /// Log file of a node.
+    pub fn log_file(&self, node: Node) -> PathBuf {
+        self.dir.join("logs").join(format!("{node}.log"))
+    }
+
+    fn slot(&mut self, node: Node) -> anyhow::Result<&mut Option<Child>> {
+        self.children
+            .iter_mut()
+            .find(|(n, _)| *n == node)
+            .map(|(_, c)| c)
+            .with_context(|| format!("no {node} in this cluster"))
+    }
+
+    /// The pid of a running node.
+    pub fn pid(&self, node: Node) -> Option<u32> {
+        self.children.iter().find(|(n, _)| *n == node).and_then(|(_, c)| c.as_ref().map(|c| c.id()))
+    }
+
+    /// Starts (or restarts) one node; does not wait for readiness.
+    pub fn start_node(&mut self, node: Node) -> anyhow::Result<()> {
+        if self.pid(node).is_some() {
+            bail!("{node} is already running");
+        }
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_file(node))
+            .with_context(|| format!("cannot open {}", self.log_file(node).display()))?;
+        let data_dir = self.data_dir(node);
+        let mut cmd = match node {
+            Node::Coordinator => {
+                let mut c = Command::new(self.bin_dir.join("quintet-coordinator"));
+                c.arg("--listen").arg(self.addr(node));
+                c.arg("--participants").arg(self.endpoints().join(","));
+                c.args(&self.opts.coordinator_args);
+                c
+            }
+            Node::Participant(i) => {
+                let mut c = Command::new(self.bin_dir.join("quintet-participant"));
+                c.arg("--id").arg(i.to_string());
+                c.arg("--listen").arg(self.addr(node));
+                c.arg("--coordinator").arg(self.addr(Node::Coordinator));
+                c.args(&self.opts.participant_args);
+                c
+            }
+        };
+        cmd.arg("--data-dir").arg(&data_dir);
+        // Flags are explicit; do not let a caller's QUINTET_* variables leak in.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("QUINTET_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        let child = cmd.spawn().with_context(|| format!("cannot start {node} from {}", self.bin_dir.display()))?;
+        *self.slot(node)? = Some(child);
+        Ok(())
+    }
+
+    /// Waits until `node` answers its health probe as ready.
+    pub async fn wait_ready(&mut self, node: Node, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let addr = self.addr(node);
+        loop {
+            if let Some(child) = self.slot(node)?.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.slot(node)?.take();
+                bail!("{node} exited with {status} during start-up; see {}", self.log_file(node).display());
+            }
+            if let Ok(h) = health(&addr, Duration::from_millis(500)).await
+                && h.ready
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("{node} at {addr} not ready after {timeout:?}; see {}", self.log_file(node).display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every running node is ready.
+    pub async fn wait_all_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        for node in self.nodes() {
+            if self.pid(node).is_some() {
+                self.wait_ready(node, timeout).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn signal(&self, node: Node, sig: Signal) -> anyhow::Result<()> {
+        let pid = self.pid(node).with_context(|| format!("{node} is not running"))?;
+        kill(Pid::from_raw(pid as i32), sig).with_context(|| format!("cannot send {sig} to {node}"))
+    }
+
+    /// kill -9 and reap.
+    pub fn kill(&mut self, node: Node) -> anyhow::Result<()> {
+        let _ = self.signal(node, Signal::SIGCONT);
+        self.signal(node, Signal::SIGKILL)?;
+        if let Some(mut c) = self.slot(node)?.take() {
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait for a clean exit (SIGKILL after `grace`); returns
+    /// whether the node exited cleanly (status 0).
+    pub fn stop(&mut self, node: Node, grace: Duration) -> anyhow::Result<bool> {
+        let _ = self.signal(node, Signal::SIGCONT);
+        self.signal(node, Signal::SIGTERM)?;
+        let deadline = Instant::now() + grace;
+        let Some(mut child) = self.slot(node)?.take() else { return Ok(false) };
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.success());
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                child.wait()?;
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGSTOP: the process freezes, its sockets stay open.
+    pub fn pause(&self, node: Node) -> anyhow::Result<()> {
+        self.signal(node, Signal::SIGSTOP)
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self, node: Node) -> anyhow::Result<()> {
+        self.signal(node, Signal::SIGCONT)
+    }
+
+    /// Whether a node's process is running.
+    pub fn is_running(&mut self, node: Node) -> bool {
+        match self.slot(node) {
+            Ok(Some(c)) => matches!(c.try_wait(), Ok(None)),
+            _ => false,
+        }
+    }
+
+    /// Stops every node with SIGTERM (participants first), then kills stragglers.
+    pub fn shutdown(&mut self) {
+        let mut order = self.nodes();
+        order.reverse();
+        for node in order {
+            if self.pid(node).is_some() {
+                let _ = self.stop(node, Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            if let Some(mut c) = child.take() {
+                let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
