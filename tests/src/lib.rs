@@ -2,4 +2,5 @@
 //! fault-injection runner: operation histories and their checker.
 
 pub mod checker;
+pub mod cluster;
 pub mod history;
