@@ -70,3 +70,63 @@ pub async fn start_cluster(participants: u32, participant_args: &[&str]) -> Loca
         .await
         .expect("local cluster starts")
 }
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after
+/// `timeout` naming `what`. The bounded wait every end-to-end test uses
+/// instead of fixed sleeps.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until every replica answers status with the same applied version
+/// and digest and holds no pending batch; returns those statuses. Panics
+/// after `timeout` with the last answers.
+pub async fn wait_converged(
+    client: &quintet_client::Client,
+    timeout: Duration,
+) -> Vec<quintet_common::rpc::ParticipantStatus> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let all = client.status_all().await;
+        let converged = all.iter().all(|s| s.is_ok()) && {
+            let ok: Vec<_> = all.iter().flatten().collect();
+            ok.iter().all(|s| {
+                s.pending.is_empty() && s.applied == ok[0].applied && s.digest == ok[0].digest
+            })
+        };
+        if converged {
+            return all.into_iter().flatten().collect();
+        }
+        if std::time::Instant::now() >= deadline {
+            let report: Vec<String> = all
+                .iter()
+                .map(|s| match s {
+                    Ok(s) => format!(
+                        "replica {}: applied {} digest {} pending {:?}",
+                        s.id, s.applied, s.digest, s.pending
+                    ),
+                    Err(e) => format!("error: {e}"),
+                })
+                .collect();
+            panic!(
+                "replicas did not converge within {timeout:?}:\n{}",
+                report.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
