@@ -5,5 +5,7 @@
 
 pub mod client;
 pub mod local;
+pub mod workload;
+pub mod bench;
 
 pub use client::{Client, ClientError};
