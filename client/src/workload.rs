@@ -991,8 +991,8 @@ mod tests {
             counts[k as usize] += 1;
         }
         // Ranks 0 and 1 are exact in Gray's method.
-        for i in 0..2 {
-            let seen = counts[i] as f64 / samples as f64;
+        for (i, &count) in counts.iter().enumerate().take(2) {
+            let seen = count as f64 / samples as f64;
             let want = z.probability(i as u64);
             assert!(
                 (seen - want).abs() < 0.05 * want,
