@@ -365,3 +365,30 @@ async fn data_dir_of_another_cluster_or_id_is_refused_and_left_untouched() {
         .unwrap();
     assert_eq!(got.value.map(|v| v.0), Some(b"a-value".to_vec()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_filling_every_connection_slot_are_dropped_and_service_resumes() {
+    let cluster = start_cluster(1, &[]).await;
+    let addr = cluster.addr(Node::Participant(1));
+    // Connections that never send a byte, as many as the server admits.
+    let mut silent = Vec::new();
+    for _ in 0..quintet_common::net::MAX_CONNECTIONS {
+        silent.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    // The server must shed stalled connections (issue 3, "Bad input") so
+    // that everyone else is served again within a bounded time.
+    let client = Client::new(&cluster.endpoints(), Duration::from_secs(2)).unwrap();
+    wait_for(
+        "the replica to serve a new client while silent ones hold every slot",
+        Duration::from_secs(15),
+        || async {
+            client
+                .get_at(0, b"k", ReadLevel::Serializable)
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
+    drop(silent);
+}
