@@ -138,6 +138,13 @@ impl Failure {
     }
 }
 
+/// Anything else that stopped a command (start-up, files): exit 3.
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Failure {
+        Failure::failed(format!("{e:#}"))
+    }
+}
+
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Failure {
         Failure {
@@ -225,18 +232,30 @@ fn level(serializable: bool) -> ReadLevel {
 pub async fn get(ctx: &Ctx, a: &GetArgs) -> Result<Reply, Failure> {
     let client = ctx.client()?;
     let lvl = level(a.serializable);
-    let reply = match a.at {
+    let answer = match a.at {
         Some(n) => {
             client
                 .get_at(ctx.replica_index(n)?, a.key.as_bytes(), lvl)
-                .await?
+                .await
         }
-        None => client.get(a.key.as_bytes(), lvl).await?,
+        None => client.get(a.key.as_bytes(), lvl).await,
     };
+    let reply = answer.map_err(read_failure)?;
     Ok(Reply::Get {
         key: a.key.clone(),
         found: reply.value,
     })
+}
+
+/// A failed read changed nothing, so even "no answer" is exit 3, not the
+/// write-oriented 4 (outcome unknown) that [`ClientError::exit_code`] gives.
+fn read_failure(e: ClientError) -> Failure {
+    match e {
+        ClientError::Unknown { endpoint, detail } => Failure::failed(format!(
+            "{endpoint}: {detail}; a read changes nothing: retry, or raise --timeout"
+        )),
+        other => other.into(),
+    }
 }
 
 /// Reads a put's value from stdin, refusing to wait on a terminal.

@@ -57,9 +57,7 @@ pub async fn run(_ctx: &Ctx, a: LocalArgs) -> Result<i32, Failure> {
         a.base_port,
         u32::from(a.base_port) + a.participants
     );
-    let mut cluster = LocalCluster::start(opts, START_TIMEOUT)
-        .await
-        .map_err(|e| Failure::failed(format!("{e:#}")))?;
+    let mut cluster = LocalCluster::start(opts, START_TIMEOUT).await?;
     print_banner(&cluster, temporary);
 
     let stop = quintet_common::shutdown::signal();
