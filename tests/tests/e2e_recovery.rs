@@ -577,3 +577,24 @@ async fn first_write_after_idle_restart_of_any_node_succeeds() {
         .unwrap_or_else(|e| panic!("first write after a participant restart: {e}"));
     wait_converged(&fresh(&cluster), CONVERGE).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_writes_exits_cleanly_and_loses_no_acked_write() {
+    let mut cluster = start_cluster(REPLICAS as u32, &[]).await;
+    let client = client_for(&cluster);
+    let load = Workload::start(&cluster.endpoints(), 4, 16, 2000);
+
+    for node in [Node::Coordinator, Node::Participant(2)] {
+        load.wait_acked(load.acked() + 30).await;
+        let clean = cluster.stop(node, Duration::from_secs(10)).unwrap();
+        assert!(clean, "{node} did not exit 0 on SIGTERM during writes");
+        load.wait_failed(load.failed() + 10).await;
+        cluster.start_node(node).unwrap();
+        cluster.wait_ready(node, READY).await.unwrap();
+    }
+    load.wait_acked(load.acked() + 30).await;
+    let entries = load.finish().await;
+
+    let statuses = wait_converged(&client, CONVERGE).await;
+    verify(&client, &entries, statuses[0].applied).await;
+}
