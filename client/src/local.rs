@@ -109,7 +109,10 @@ fn free_base_port(n: u32) -> anyhow::Result<u16> {
             return Ok(base);
         }
     }
-    bail!("could not find {} free consecutive ports on 127.0.0.1", n + 1)
+    bail!(
+        "could not find {} free consecutive ports on 127.0.0.1",
+        n + 1
+    )
 }
 
 impl LocalCluster {
@@ -126,7 +129,9 @@ impl LocalCluster {
         let (dir, temp) = match &opts.dir {
             Some(d) => (d.clone(), None),
             None => {
-                let t = tempfile::Builder::new().prefix("quintet-local-").tempdir()?;
+                let t = tempfile::Builder::new()
+                    .prefix("quintet-local-")
+                    .tempdir()?;
                 (t.path().to_path_buf(), Some(t))
             }
         };
@@ -138,7 +143,14 @@ impl LocalCluster {
         };
         let mut children = vec![(Node::Coordinator, None)];
         children.extend((1..=opts.participants).map(|i| (Node::Participant(i), None)));
-        let mut cluster = LocalCluster { dir, _temp: temp, bin_dir, base_port, opts, children };
+        let mut cluster = LocalCluster {
+            dir,
+            _temp: temp,
+            bin_dir,
+            base_port,
+            opts,
+            children,
+        };
         cluster.start_node(Node::Coordinator)?;
         cluster.wait_ready(Node::Coordinator, timeout).await?;
         for i in 1..=cluster.opts.participants {
@@ -163,7 +175,9 @@ impl LocalCluster {
 
     /// Participant addresses, in id order.
     pub fn endpoints(&self) -> Vec<String> {
-        (1..=self.opts.participants).map(|i| self.addr(Node::Participant(i))).collect()
+        (1..=self.opts.participants)
+            .map(|i| self.addr(Node::Participant(i)))
+            .collect()
     }
 
     /// Every node, coordinator first.
@@ -191,7 +205,10 @@ impl LocalCluster {
 
     /// The pid of a running node.
     pub fn pid(&self, node: Node) -> Option<u32> {
-        self.children.iter().find(|(n, _)| *n == node).and_then(|(_, c)| c.as_ref().map(|c| c.id()))
+        self.children
+            .iter()
+            .find(|(n, _)| *n == node)
+            .and_then(|(_, c)| c.as_ref().map(|c| c.id()))
     }
 
     /// Starts (or restarts) one node; does not wait for readiness.
@@ -229,8 +246,12 @@ impl LocalCluster {
                 cmd.env_remove(k);
             }
         }
-        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-        let child = cmd.spawn().with_context(|| format!("cannot start {node} from {}", self.bin_dir.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {node} from {}", self.bin_dir.display()))?;
         *self.slot(node)? = Some(child);
         Ok(())
     }
@@ -244,7 +265,10 @@ impl LocalCluster {
                 && let Some(status) = child.try_wait()?
             {
                 self.slot(node)?.take();
-                bail!("{node} exited with {status} during start-up; see {}", self.log_file(node).display());
+                bail!(
+                    "{node} exited with {status} during start-up; see {}",
+                    self.log_file(node).display()
+                );
             }
             if let Ok(h) = health(&addr, Duration::from_millis(500)).await
                 && h.ready
@@ -252,7 +276,10 @@ impl LocalCluster {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                bail!("{node} at {addr} not ready after {timeout:?}; see {}", self.log_file(node).display());
+                bail!(
+                    "{node} at {addr} not ready after {timeout:?}; see {}",
+                    self.log_file(node).display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -269,7 +296,9 @@ impl LocalCluster {
     }
 
     fn signal(&self, node: Node, sig: Signal) -> anyhow::Result<()> {
-        let pid = self.pid(node).with_context(|| format!("{node} is not running"))?;
+        let pid = self
+            .pid(node)
+            .with_context(|| format!("{node} is not running"))?;
         kill(Pid::from_raw(pid as i32), sig).with_context(|| format!("cannot send {sig} to {node}"))
     }
 
@@ -289,7 +318,9 @@ impl LocalCluster {
         let _ = self.signal(node, Signal::SIGCONT);
         self.signal(node, Signal::SIGTERM)?;
         let deadline = Instant::now() + grace;
-        let Some(mut child) = self.slot(node)?.take() else { return Ok(false) };
+        let Some(mut child) = self.slot(node)?.take() else {
+            return Ok(false);
+        };
         loop {
             if let Some(status) = child.try_wait()? {
                 return Ok(status.success());
@@ -313,12 +344,18 @@ impl LocalCluster {
         self.signal(node, Signal::SIGCONT)
     }
 
-    /// Whether a node's process is running.
+    /// Whether a node's process is running. A child found to have exited is
+    /// reaped and forgotten, so its pid is never signalled again.
     pub fn is_running(&mut self, node: Node) -> bool {
-        match self.slot(node) {
-            Ok(Some(c)) => matches!(c.try_wait(), Ok(None)),
-            _ => false,
+        let Ok(slot) = self.slot(node) else { return false };
+        let running = match slot.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        };
+        if !running {
+            slot.take();
         }
+        running
     }
 
     /// Stops every node with SIGTERM (participants first), then kills stragglers.
