@@ -34,13 +34,17 @@ pub enum ClientError {
         error: Error,
     },
     /// No endpoint accepted a connection; nothing was sent.
-    #[error("no replica reachable ({detail}); nothing was sent: check that the cluster is up and --endpoints")]
+    #[error(
+        "no replica reachable ({detail}); nothing was sent: check that the cluster is up and --endpoints"
+    )]
     Unreachable {
         /// What each endpoint said.
         detail: String,
     },
     /// The request was sent but no answer came back.
-    #[error("{endpoint}: {detail}; the outcome is unknown: read the key to find out before retrying")]
+    #[error(
+        "{endpoint}: {detail}; the outcome is unknown: read the key to find out before retrying"
+    )]
     Unknown {
         /// Which replica.
         endpoint: String,
@@ -98,8 +102,14 @@ impl Client {
             return Err("no endpoints given: pass --endpoints or set QUINTET_ENDPOINTS".into());
         }
         let connect = timeout.min(Duration::from_secs(2));
-        let links = endpoints.iter().map(|e| Link::new(e.trim(), connect)).collect();
-        Ok(Client { links: Arc::new(links), timeout })
+        let links = endpoints
+            .iter()
+            .map(|e| Link::new(e.trim(), connect))
+            .collect();
+        Ok(Client {
+            links: Arc::new(links),
+            timeout,
+        })
     }
 
     /// The endpoint addresses, in the order given.
@@ -119,7 +129,10 @@ impl Client {
 
     /// Writes a key through a random replica.
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<OpResult, ClientError> {
-        let op = Op::Put { key: key.to_vec(), value: value.to_vec() };
+        let op = Op::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        };
         self.failover(false, |c, i| c.write_at(i, op.clone())).await
     }
 
@@ -130,10 +143,19 @@ impl Client {
     }
 
     /// Reads a key at replica `i` (index into the endpoints), no failover.
-    pub async fn get_at(&self, i: usize, key: &[u8], level: ReadLevel) -> Result<GetReply, ClientError> {
+    pub async fn get_at(
+        &self,
+        i: usize,
+        key: &[u8],
+        level: ReadLevel,
+    ) -> Result<GetReply, ClientError> {
         let key = key.to_vec();
         let ctx = context_with_timeout(self.timeout);
-        self.call(i, |ch| async move { kv_conn(ch).get(ctx, key, level).await }).await
+        self.call(
+            i,
+            |ch| async move { kv_conn(ch).get(ctx, key, level).await },
+        )
+        .await
     }
 
     /// Sends a write through replica `i`, no failover.
@@ -147,7 +169,8 @@ impl Client {
     /// Status of replica `i`.
     pub async fn status_at(&self, i: usize) -> Result<ParticipantStatus, ClientError> {
         let ctx = context_with_timeout(self.timeout);
-        self.call(i, |ch| async move { kv_conn(ch).status(ctx).await }).await
+        self.call(i, |ch| async move { kv_conn(ch).status(ctx).await })
+            .await
     }
 
     /// Status of every replica, in endpoint order, queried in parallel.
@@ -160,12 +183,20 @@ impl Client {
         let mut last = None;
         for i in 0..self.links.len() {
             let ctx = context_with_timeout(self.timeout);
-            match self.call(i, |ch| async move { kv_conn(ch).coordinator_status(ctx).await }).await {
+            match self
+                .call(
+                    i,
+                    |ch| async move { kv_conn(ch).coordinator_status(ctx).await },
+                )
+                .await
+            {
                 Ok(s) => return Ok(s),
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or(ClientError::Unreachable { detail: "no endpoints".into() }))
+        Err(last.unwrap_or(ClientError::Unreachable {
+            detail: "no endpoints".into(),
+        }))
     }
 
     async fn call<T, F, Fut>(&self, i: usize, f: F) -> Result<T, ClientError>
@@ -178,8 +209,13 @@ impl Client {
         match link.call(f).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(error)) => Err(ClientError::Server { endpoint, error }),
-            Err(e @ LinkError::Connect { .. }) => Err(ClientError::Unreachable { detail: e.to_string() }),
-            Err(e) => Err(ClientError::Unknown { endpoint, detail: e.to_string() }),
+            Err(e @ LinkError::Connect { .. }) => Err(ClientError::Unreachable {
+                detail: e.to_string(),
+            }),
+            Err(e) => Err(ClientError::Unknown {
+                endpoint,
+                detail: e.to_string(),
+            }),
         }
     }
 
@@ -195,15 +231,18 @@ impl Client {
             let i = (start + k) % n;
             match f(self, i).await {
                 Err(ClientError::Unreachable { detail }) => refused.push(detail),
-                Err(ClientError::Server { error: Error::NotCurrent(_) | Error::ShuttingDown(_), endpoint })
-                    if read && k + 1 < n =>
-                {
+                Err(ClientError::Server {
+                    error: Error::NotCurrent(_) | Error::ShuttingDown(_),
+                    endpoint,
+                }) if read && k + 1 < n => {
                     refused.push(format!("{endpoint}: not serving reads"));
                 }
                 other => return other,
             }
         }
-        Err(ClientError::Unreachable { detail: refused.join("; ") })
+        Err(ClientError::Unreachable {
+            detail: refused.join("; "),
+        })
     }
 }
 
@@ -211,10 +250,21 @@ impl Client {
 pub async fn health(addr: &str, timeout: Duration) -> Result<Health, ClientError> {
     let link: Link<AdminOnlyRequest, AdminOnlyResponse> = Link::new(addr, timeout);
     let ctx = context_with_timeout(timeout);
-    match link.call(|ch| async move { admin_conn(ch).health(ctx).await }).await {
+    match link
+        .call(|ch| async move { admin_conn(ch).health(ctx).await })
+        .await
+    {
         Ok(Ok(h)) => Ok(h),
-        Ok(Err(error)) => Err(ClientError::Server { endpoint: addr.into(), error }),
-        Err(e @ LinkError::Connect { .. }) => Err(ClientError::Unreachable { detail: e.to_string() }),
-        Err(e) => Err(ClientError::Unknown { endpoint: addr.into(), detail: e.to_string() }),
+        Ok(Err(error)) => Err(ClientError::Server {
+            endpoint: addr.into(),
+            error,
+        }),
+        Err(e @ LinkError::Connect { .. }) => Err(ClientError::Unreachable {
+            detail: e.to_string(),
+        }),
+        Err(e) => Err(ClientError::Unknown {
+            endpoint: addr.into(),
+            detail: e.to_string(),
+        }),
     }
 }
