@@ -43,7 +43,7 @@ pub enum ClientError {
     },
     /// The request was sent but no answer came back.
     #[error(
-        "{endpoint}: {detail}; the outcome is unknown: read the key to find out before retrying"
+        "{endpoint}: {detail}; no answer came back: a write may or may not have been applied, read the key before retrying it"
     )]
     Unknown {
         /// Which replica.
