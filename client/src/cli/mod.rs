@@ -88,6 +88,8 @@ pub enum Command {
     Local(local::LocalArgs),
     /// Run a short checked workload at every replica and print what happened.
     Demo,
+    /// Drive a workload (C closed-loop clients) and report ops/s and latency percentiles.
+    Bench(quintet_client::bench::BenchArgs),
 }
 
 /// Runs the parsed command line; returns the process exit code.
@@ -109,6 +111,13 @@ pub fn run(cli: Cli) -> i32 {
         Command::Run(args) => script::run_file(&rt, &ctx, &args),
         Command::Local(args) => rt.block_on(local::run(&ctx, args)),
         Command::Demo => rt.block_on(demo::run(&ctx)),
+        Command::Bench(args) => {
+            let json = ctx.output == Output::Json;
+            ctx.client().and_then(|c| {
+                rt.block_on(quintet_client::bench::run(c, args, json))
+                    .map_err(|e| Failure::failed(e.to_string()))
+            })
+        }
         other => rt.block_on(dispatch(&ctx, other)).map(|reply| {
             ctx.output.print(&reply);
             reply.exit_code()
