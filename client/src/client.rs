@@ -212,6 +212,12 @@ impl Client {
             Err(e @ LinkError::Connect { .. }) => Err(ClientError::Unreachable {
                 detail: e.to_string(),
             }),
+            Err(e) if e.surely_not_sent() => Err(ClientError::Server {
+                endpoint,
+                error: Error::InvalidArgument(format!(
+                    "the request could not be sent ({e}); nothing was applied"
+                )),
+            }),
             Err(e) => Err(ClientError::Unknown {
                 endpoint,
                 detail: e.to_string(),

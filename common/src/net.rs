@@ -10,11 +10,14 @@
 use std::fmt::Debug;
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::TryStreamExt;
+use futures::{Sink, Stream, TryStreamExt};
 use serde::{Serialize, de::DeserializeOwned};
+use std::task::{Context, Poll};
 use tarpc::client::{self, Channel, RpcError};
 use tarpc::tokio_serde::formats::Bincode;
 use tarpc::tokio_util::codec::LengthDelimitedCodec;
@@ -41,6 +44,19 @@ where
     Req: Serialize + RequestName + Send + Sync + 'static,
     Resp: DeserializeOwned + Send + 'static,
 {
+    Ok(connect_watched(addr, timeout).await?.0)
+}
+
+/// Like [`connect`], plus a flag that turns true once the connection's
+/// dispatch task has ended (the connection is dead).
+async fn connect_watched<Req, Resp>(
+    addr: &str,
+    timeout: Duration,
+) -> io::Result<(Channel<Req, Resp>, Arc<AtomicBool>)>
+where
+    Req: Serialize + RequestName + Send + Sync + 'static,
+    Resp: DeserializeOwned + Send + 'static,
+{
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(s) => s?,
         Err(_) => {
@@ -56,7 +72,17 @@ where
     let mut config = client::Config::default();
     config.max_in_flight_requests = 10_000;
     config.pending_request_buffer = 10_000;
-    Ok(client::new(config, transport).spawn())
+    let client::NewClient { client, dispatch } = client::new(config, transport);
+    let dead = Arc::new(AtomicBool::new(false));
+    let flag = dead.clone();
+    let peer = addr.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = dispatch.await {
+            debug!(%peer, error = %e, "connection broken");
+        }
+        flag.store(true, Ordering::Release);
+    });
+    Ok((client, dead))
 }
 
 /// Binds `addr`, with an error that names the address and the likely cause.
@@ -76,17 +102,94 @@ pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
     })
 }
 
+/// How long a new connection may take to deliver its first complete request
+/// before it is dropped as stalled.
+pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The server side of one connection: decoded requests in, responses out.
-/// Decode failures are logged (with the peer) and end the connection.
+/// Decode failures and a stalled start are logged (with the peer) and end
+/// the connection.
 pub type ServerTransport<Req, Resp> = futures::stream::InspectErr<
-    serde_transport::Transport<
-        TcpStream,
-        ClientMessage<Req>,
-        Response<Resp>,
-        Bincode<ClientMessage<Req>, Response<Resp>>,
+    FirstFrameDeadline<
+        serde_transport::Transport<
+            TcpStream,
+            ClientMessage<Req>,
+            Response<Resp>,
+            Bincode<ClientMessage<Req>, Response<Resp>>,
+        >,
     >,
     Box<dyn Fn(&io::Error) + Send + Sync>,
 >;
+
+/// Fails a transport with `TimedOut` if its first item does not arrive in
+/// time. Clients send a request right after connecting (links connect on
+/// demand), so only a stalled or hostile peer trips it; once a request has
+/// arrived the connection may idle as long as it likes.
+pub struct FirstFrameDeadline<T> {
+    inner: T,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> FirstFrameDeadline<T> {
+    /// Wraps `inner`; the first item must arrive within `timeout`.
+    pub fn new(inner: T, timeout: Duration) -> Self {
+        FirstFrameDeadline {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+        }
+    }
+}
+
+impl<T, I> Stream for FirstFrameDeadline<T>
+where
+    T: Stream<Item = io::Result<I>> + Unpin,
+{
+    type Item = io::Result<I>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let item = Pin::new(&mut this.inner).poll_next(cx);
+        if item.is_ready() {
+            this.deadline = None;
+            return item;
+        }
+        if let Some(d) = this.deadline.as_mut()
+            && d.as_mut().poll(cx).is_ready()
+        {
+            this.deadline = None;
+            return Poll::Ready(Some(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no complete request within {FIRST_REQUEST_TIMEOUT:?} of connecting (stalled client)"
+                ),
+            ))));
+        }
+        Poll::Pending
+    }
+}
+
+impl<T, I> Sink<I> for FirstFrameDeadline<T>
+where
+    T: Sink<I> + Unpin,
+{
+    type Error = T::Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.inner).poll_ready(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: I) -> Result<(), Self::Error> {
+        Pin::new(&mut self.inner).start_send(item)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
 
 /// Accepts connections on `listener` until `shutdown` resolves and hands each
 /// one, as a transport, to `handle` (which runs tarpc's `BaseChannel` on it).
@@ -97,8 +200,8 @@ pub async fn serve<Req, Resp, F, Fut>(
     shutdown: impl Future<Output = ()>,
     handle: F,
 ) where
-    Req: DeserializeOwned + Send + 'static,
-    Resp: Serialize + Send + 'static,
+    Req: DeserializeOwned + Send + Unpin + 'static,
+    Resp: Serialize + Send + Unpin + 'static,
     F: Fn(ServerTransport<Req, Resp>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -122,9 +225,14 @@ pub async fn serve<Req, Resp, F, Fut>(
         };
         let _ = stream.set_nodelay(true);
         let framed = tarpc::tokio_util::codec::Framed::new(stream, codec());
-        let log: Box<dyn Fn(&io::Error) + Send + Sync> =
-            Box::new(move |e| warn!(%peer, error = %e, "dropping connection: unreadable request"));
-        let transport = serde_transport::new(framed, Bincode::default()).inspect_err(log);
+        let log: Box<dyn Fn(&io::Error) + Send + Sync> = Box::new(
+            move |e| warn!(%peer, error = ?e, "dropping connection: unreadable or stalled request"),
+        );
+        let transport = FirstFrameDeadline::new(
+            serde_transport::new(framed, Bincode::default()),
+            FIRST_REQUEST_TIMEOUT,
+        )
+        .inspect_err(log);
         let conn = handle(transport);
         tokio::spawn(async move {
             let _permit = permit;
@@ -158,7 +266,7 @@ macro_rules! execute {
 pub struct Link<Req, Resp> {
     addr: String,
     connect_timeout: Duration,
-    channel: Mutex<Option<Channel<Req, Resp>>>,
+    channel: Mutex<Option<(Channel<Req, Resp>, Arc<AtomicBool>)>>,
 }
 
 /// Why a call over a [`Link`] failed.
@@ -183,9 +291,17 @@ pub enum LinkError {
 }
 
 impl LinkError {
-    /// True when the request surely never reached the server.
+    /// True when the request surely never reached the server: no connection,
+    /// or tarpc could not even encode it into the send buffer.
     pub fn surely_not_sent(&self) -> bool {
-        matches!(self, LinkError::Connect { .. })
+        matches!(
+            self,
+            LinkError::Connect { .. }
+                | LinkError::Rpc {
+                    source: RpcError::Send(_),
+                    ..
+                }
+        )
     }
 }
 
@@ -208,19 +324,24 @@ where
         &self.addr
     }
 
-    /// The current channel, connecting if there is none.
+    /// The current channel, connecting if there is none or the old
+    /// connection is known to be dead. A request is never handed to a
+    /// connection that had already died, so a failure to connect here is the
+    /// one failure that proves a request was not sent.
     pub async fn channel(&self) -> Result<Channel<Req, Resp>, LinkError> {
         let mut guard = self.channel.lock().await;
-        if let Some(c) = guard.as_ref() {
+        if let Some((c, dead)) = guard.as_ref()
+            && !dead.load(Ordering::Acquire)
+        {
             return Ok(c.clone());
         }
-        let c = connect(&self.addr, self.connect_timeout)
+        let (c, dead) = connect_watched(&self.addr, self.connect_timeout)
             .await
             .map_err(|source| LinkError::Connect {
                 addr: self.addr.clone(),
                 source,
             })?;
-        *guard = Some(c.clone());
+        *guard = Some((c.clone(), dead));
         Ok(c)
     }
 

@@ -86,7 +86,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let limits = Limits {
         max_value_len: config.max_value_size,
     };
-    let (sm, log, ident) = open_state(&dir, config.id, limits)?;
+    let (mut sm, log, ident) = open_state(&dir, config.id, limits)?;
+    if let Some(i) = ident {
+        // Register under the recorded cluster so the coordinator checks it too.
+        sm.registered(i.cluster, 0);
+    }
     let listener = net::bind(&config.listen_addr()).await?;
     let link = Link::new(config.coordinator.clone(), Duration::from_secs(2));
     let settings = Settings {
