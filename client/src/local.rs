@@ -347,7 +347,9 @@ impl LocalCluster {
     /// Whether a node's process is running. A child found to have exited is
     /// reaped and forgotten, so its pid is never signalled again.
     pub fn is_running(&mut self, node: Node) -> bool {
-        let Ok(slot) = self.slot(node) else { return false };
+        let Ok(slot) = self.slot(node) else {
+            return false;
+        };
         let running = match slot.as_mut() {
             Some(c) => matches!(c.try_wait(), Ok(None)),
             None => false,

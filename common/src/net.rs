@@ -259,6 +259,9 @@ macro_rules! execute {
     }};
 }
 
+/// A channel and the flag that turns true when its connection dies.
+type Watched<Req, Resp> = (Channel<Req, Resp>, Arc<AtomicBool>);
+
 /// A client connection to one address that reconnects on demand.
 ///
 /// A call made while no connection exists first connects; a connect failure
@@ -266,7 +269,7 @@ macro_rules! execute {
 pub struct Link<Req, Resp> {
     addr: String,
     connect_timeout: Duration,
-    channel: Mutex<Option<(Channel<Req, Resp>, Arc<AtomicBool>)>>,
+    channel: Mutex<Option<Watched<Req, Resp>>>,
 }
 
 /// Why a call over a [`Link`] failed.
