@@ -177,9 +177,12 @@ pub async fn run(client: Client, args: BenchArgs, json: bool) -> anyhow::Result<
     {
         let detail: Vec<String> = statuses
             .iter()
-            .filter_map(|s| s.as_ref().err().map(|e| e.to_string()))
+            .filter_map(|s| match s {
+                Err(ClientError::Unreachable { detail }) => Some(detail.clone()),
+                _ => None,
+            })
             .collect();
-        eprintln!("error: {}", detail.join("; "));
+        eprintln!("error: no replica reachable: {}", detail.join("; "));
         return Ok(3);
     }
 
@@ -470,6 +473,25 @@ fn print_table(r: &Report) {
     }
     if let Some(get) = sum.by_kind.get(&OpKind::Get).filter(|g| g.ok > 0) {
         println!("gets that found no value: {} of {}", get.misses, get.ok);
+    }
+    if !sum.ok_per_second.is_empty() {
+        let warm = r.spec.warmup_secs.ceil() as usize;
+        let secs: Vec<String> = sum
+            .ok_per_second
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                if i == warm && warm > 0 {
+                    format!("| {n}")
+                } else {
+                    n.to_string()
+                }
+            })
+            .collect();
+        println!(
+            "ok ops in each second (warm-up | measured): {}",
+            secs.join(" ")
+        );
     }
     if !sum.errors.is_empty() {
         let errors: Vec<String> = sum.errors.iter().map(|(k, n)| format!("{k}={n}")).collect();

@@ -575,6 +575,10 @@ pub struct Summary {
     pub errors: BTreeMap<String, u64>,
     /// Operations invoked during the warm-up (not counted above).
     pub warmup_ops: u64,
+    /// Successful operations completed in each whole second since the start
+    /// of the run, warm-up included: shows stalls and warm-up effects that
+    /// averages hide.
+    pub ok_per_second: Vec<u64>,
 }
 
 /// Latency histogram bounds: 1 µs to 1 hour, 3 significant digits.
@@ -624,6 +628,9 @@ impl KindAcc {
     }
 }
 
+/// The per-second timeline stops after this many seconds (a day).
+const MAX_TIMELINE_SECS: usize = 86_400;
+
 /// Folds [`OpRecord`]s into the figures of a [`Summary`]. The engine keeps
 /// one per client and merges them; other drivers may use it directly.
 #[derive(Clone, Default)]
@@ -632,6 +639,7 @@ pub struct Recorder {
     errors: BTreeMap<String, u64>,
     warmup_ops: u64,
     last_complete: Option<Duration>,
+    ok_per_second: Vec<u64>,
 }
 
 impl Recorder {
@@ -642,6 +650,15 @@ impl Recorder {
 
     /// Counts one record (warm-up records only in `warmup_ops`).
     pub fn record(&mut self, r: &OpRecord) {
+        if r.outcome.is_ok() {
+            let second = usize::try_from(r.complete.as_secs()).unwrap_or(usize::MAX);
+            if second < MAX_TIMELINE_SECS {
+                if self.ok_per_second.len() <= second {
+                    self.ok_per_second.resize(second + 1, 0);
+                }
+                self.ok_per_second[second] += 1;
+            }
+        }
         if r.warmup {
             self.warmup_ops += 1;
             return;
@@ -674,6 +691,12 @@ impl Recorder {
             *self.errors.entry(k.clone()).or_default() += n;
         }
         self.warmup_ops += other.warmup_ops;
+        if self.ok_per_second.len() < other.ok_per_second.len() {
+            self.ok_per_second.resize(other.ok_per_second.len(), 0);
+        }
+        for (mine, theirs) in self.ok_per_second.iter_mut().zip(&other.ok_per_second) {
+            *mine += theirs;
+        }
         self.last_complete = match (self.last_complete, other.last_complete) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -701,6 +724,7 @@ impl Recorder {
                 .collect(),
             errors: self.errors.clone(),
             warmup_ops: self.warmup_ops,
+            ok_per_second: self.ok_per_second.clone(),
         }
     }
 }
@@ -1156,6 +1180,9 @@ mod tests {
         assert_eq!(s.errors.get("timeout"), Some(&1));
         assert_eq!(s.errors.get("aborted"), Some(&1));
         assert_eq!(s.total.latency.max_us, put.latency.max_us);
+        // Ok completions by second since the start: the warm-up put at
+        // 0.6 s, 100 puts and 2 gets in [1 s, 2 s), the last get at 3.0 s.
+        assert_eq!(s.ok_per_second, vec![1, 102, 0, 1]);
     }
 
     #[test]
