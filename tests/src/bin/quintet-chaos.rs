@@ -7,11 +7,22 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use quintet_tests::chaos::{Args, run};
+use quintet_tests::chaos::{Args, plan, run, seed_of};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if args.dry_run {
+        let seed = seed_of(&args);
+        println!("nominal schedule for seed {seed} over {:?}:", args.duration);
+        let mut at = std::time::Duration::ZERO;
+        for f in plan(&args, seed) {
+            at += f.gap;
+            println!("  {:7.3}s {f}", at.as_secs_f64());
+            at += f.hold;
+        }
+        return ExitCode::SUCCESS;
+    }
     match run(&args).await {
         Ok(report) => {
             println!("\n{report}");

@@ -36,6 +36,11 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a graceful stop may take before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// Whether the local backend can do `kind` (everything but partition).
+pub fn supports(kind: FaultKind) -> bool {
+    kind != FaultKind::Partition
+}
+
 /// A local cluster driven by signals.
 pub struct LocalBackend {
     cluster: LocalCluster,
@@ -110,7 +115,7 @@ impl Backend for LocalBackend {
     }
 
     fn unsupported(&self, kind: FaultKind) -> Option<&'static str> {
-        (kind == FaultKind::Partition).then_some(
+        (!supports(kind)).then_some(
             "partition is not available on the local backend (one loopback interface, no root); \
              it is left out of the schedule, use --backend docker for partitions",
         )

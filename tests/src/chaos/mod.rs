@@ -125,6 +125,9 @@ pub struct Args {
     /// Local: data and log directory [default: a temporary one, kept on failure].
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Print the nominal fault schedule for this seed and exit (no cluster needed).
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 impl Args {
@@ -221,6 +224,28 @@ pub async fn run(args: &Args) -> anyhow::Result<ChaosReport> {
             run_with(args, &mut b).await
         }
     }
+}
+
+/// The nominal schedule of a run: the fault kinds that backend supports,
+/// drawn with the run's seed, assuming instant injections and heals.
+pub fn plan(args: &Args, seed: u64) -> Vec<nemesis::PlannedFault> {
+    let kinds: Vec<FaultKind> = args
+        .nemesis
+        .0
+        .iter()
+        .copied()
+        .filter(|k| args.backend != BackendKind::Local || local::supports(*k))
+        .collect();
+    Nemesis::new(seed, &kinds, Timing::default()).plan(args.duration)
+}
+
+/// The seed of a run: `--seed`, else one from the clock.
+pub fn seed_of(args: &Args) -> u64 {
+    args.seed.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    })
 }
 
 /// Seconds since `t0`, for log lines.
@@ -361,11 +386,7 @@ async fn read_back(
 
 /// The run, on any backend.
 pub async fn run_with<B: Backend>(args: &Args, backend: &mut B) -> anyhow::Result<ChaosReport> {
-    let seed = args.seed.unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-    });
+    let seed = seed_of(args);
     let mut report = ChaosReport {
         backend: backend.name().to_string(),
         seed,
