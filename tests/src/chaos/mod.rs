@@ -467,6 +467,10 @@ pub async fn run_with<B: Backend>(args: &Args, backend: &mut B) -> anyhow::Resul
         Err(_) => bail!("the history recorder panicked"),
     };
     let history = report::history_of(&records);
+    if let Some(parent) = args.history.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
     history
         .write_jsonl(&args.history)
         .with_context(|| format!("writing the history to {}", args.history.display()))?;
