@@ -194,7 +194,7 @@ where
 /// Accepts connections on `listener` until `shutdown` resolves and hands each
 /// one, as a transport, to `handle` (which runs tarpc's `BaseChannel` on it).
 /// The handler is written where the service type is concrete, so the
-/// compiler can see that its futures are `Send`; see [`execute`].
+/// compiler can see that its futures are `Send`; see [`execute!`](crate::execute).
 pub async fn serve<Req, Resp, F, Fut>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,

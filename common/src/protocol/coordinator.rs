@@ -272,7 +272,10 @@ impl<T> Coordinator<T> {
         let Some(round) = self.round.as_mut() else {
             return Vec::new();
         };
-        if round.batch.id != batch || round.phase != Phase::Preparing {
+        if round.batch.id != batch
+            || round.phase != Phase::Preparing
+            || !self.participants.contains(&from)
+        {
             return Vec::new();
         }
         match vote {
@@ -423,11 +426,24 @@ impl<T> Coordinator<T> {
     /// A record holding everything the log must remember, to start a new
     /// segment with before older ones are deleted.
     pub fn checkpoint(&self) -> Record {
+        let mut committed = self.committed;
+        let mut last_committed = self.last_committed;
+        let mut unacked: Vec<BatchId> = self.unacked_commits.keys().copied().collect();
+        // A round whose COMMIT record is already in the log but not yet
+        // durable counts as committed: the checkpoint follows that record in
+        // the same ordered log, and the segment holding it may be deleted.
+        if let Some(r) = &self.round
+            && r.phase == Phase::Logging
+        {
+            committed = committed.max(r.batch.last_version());
+            last_committed = last_committed.max(Some(r.batch.id));
+            unacked.push(r.batch.id);
+        }
         Record::Checkpoint {
             epoch: self.epoch,
-            committed: self.committed,
-            last_committed: self.last_committed,
-            unacked: self.unacked_commits.keys().copied().collect(),
+            committed,
+            last_committed,
+            unacked,
         }
     }
 
