@@ -383,31 +383,3 @@ impl Backend for DockerBackend {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Needs the compose cluster up: `cargo test -p quintet-tests -- --ignored docker`.
-    #[tokio::test]
-    #[ignore = "needs the compose cluster up (docker compose -f deploy/compose.yaml up -d --wait)"]
-    async fn docker_backend_finds_the_project_and_saves_logs() {
-        let mut b = DockerBackend::connect("quintet").await.expect("cluster up");
-        assert_eq!(b.network, "quintet_net");
-        assert!(
-            b.containers[&Node::Coordinator]
-                .aliases
-                .contains(&"coordinator".to_string()),
-            "{:?}",
-            b.containers
-        );
-        for node in b.containers.keys().copied().collect::<Vec<_>>() {
-            assert_eq!(b.state(node).await.expect("inspect"), (true, false, true));
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        b.keep_logs(dir.path()).await.expect("logs saved");
-        let log = std::fs::read_to_string(dir.path().join("participant-3.log")).expect("log");
-        assert!(!log.is_empty());
-        assert!(b.heal_all().await.expect("nothing to heal").is_empty());
-    }
-}
