@@ -1,28 +1,41 @@
-//! Human durations for flags: `250ms`, `2s`, `1m`, `1.5s`.
+//! Human durations for flags: `250ms`, `2s`, `1m30s`, `1.5s`, `2m`.
 
 use std::time::Duration;
 
-/// Parses `<number><unit>` with unit ms, s, m or h (a bare number is seconds).
+/// Parses one or more `<number><unit>` parts (unit ms, s, m or h; a bare
+/// number is seconds) and adds them up.
 pub fn parse(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 2s, 1m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("invalid duration {s:?}"));
+    let hint = || format!("invalid duration {s:?}: use e.g. 500ms, 2s, 1m30s");
+    if s.is_empty() {
+        return Err(hint());
     }
-    Ok(Duration::from_secs_f64(secs))
+    let mut total = 0.0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let n: f64 = rest[..num_len].parse().map_err(|_| hint())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "" if num_len == s.len() => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+        };
+        total += n * scale;
+        rest = &rest[unit_len..];
+    }
+    if !total.is_finite() || total < 0.0 {
+        return Err(hint());
+    }
+    Ok(Duration::from_secs_f64(total))
 }
 
 #[cfg(test)]
@@ -35,7 +48,10 @@ mod tests {
         assert_eq!(parse("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse("3"), Ok(Duration::from_secs(3)));
         assert_eq!(parse("1.5m"), Ok(Duration::from_secs(90)));
-        assert!(parse("abc").is_err());
-        assert!(parse("5 parsecs").is_err());
+        assert_eq!(parse("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "s", "abc", "5x", "5 parsecs", "-1s", "m5", "1s5"] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -83,7 +83,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "local")]
     pub backend: BackendKind,
     /// How long the workload and the nemesis run, e.g. 60s, 2m, 1m30s.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = quintet_common::duration::parse)]
     pub duration: Duration,
     /// Concurrent clients.
     #[arg(long, default_value_t = 8)]
@@ -105,10 +105,10 @@ pub struct Args {
     #[arg(long, default_value = "put=45,get=40,delete=15")]
     pub mix: Mix,
     /// Per-request timeout of the clients; a write without an answer by then is "unknown".
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = quintet_common::duration::parse)]
     pub op_timeout: Duration,
     /// How long to wait for the replicas to converge after healing.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = quintet_common::duration::parse)]
     pub converge_timeout: Duration,
     /// Docker: the compose file (used by --up).
     #[arg(long, default_value = "deploy/compose.yaml")]
@@ -155,50 +155,6 @@ pub struct NemesisList(pub Vec<FaultKind>);
 
 fn parse_nemesis_list(s: &str) -> Result<NemesisList, String> {
     nemesis::parse_nemeses(s).map(NemesisList)
-}
-
-/// Parses `500ms`, `60s`, `2m`, `1m30s`, `1h`; a bare number is seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("empty duration: use e.g. 60s, 2m, 500ms".into());
-    }
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!(
-                "invalid duration {s:?}: use e.g. 60s, 2m, 1m30s, 500ms"
-            ));
-        }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("invalid number in duration {s:?}"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let part = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            unit => {
-                return Err(format!(
-                    "unknown unit {unit:?} in duration {s:?}: use ms, s, m or h"
-                ));
-            }
-        };
-        total = total.saturating_add(part);
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
 }
 
 /// Runs the whole thing as described in the module docs; the report says
@@ -590,19 +546,6 @@ pub async fn run_with<B: Backend>(args: &Args, backend: &mut B) -> anyhow::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("8"), Ok(Duration::from_secs(8)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        for bad in ["", "s", "5x", "1.5s", "-1s", "m5"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn args_parse() {
