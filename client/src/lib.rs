@@ -3,9 +3,9 @@
 //! ([`workload`]). The `quintet` binary, the end-to-end tests, the benchmark
 //! and the fault-injection runner are all built on these.
 
+pub mod bench;
 pub mod client;
 pub mod local;
 pub mod workload;
-pub mod bench;
 
 pub use client::{Client, ClientError};
