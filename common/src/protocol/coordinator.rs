@@ -118,6 +118,9 @@ enum Phase {
 #[derive(Debug)]
 struct Round<T> {
     batch: Batch,
+    /// The `last_committed` its prepare carries: a YES vote proves the
+    /// voter made that batch's commit durable, so it doubles as the ack.
+    carried: Option<BatchId>,
     waiters: Vec<T>,
     votes: BTreeMap<NodeId, Vec<OpResult>>,
     phase: Phase,
@@ -280,25 +283,34 @@ impl<T> Coordinator<T> {
         }
         match vote {
             Ok(Vote::Yes(results)) => {
+                let carried = round.carried;
+                let mut actions = match carried {
+                    Some(c) => self.acked(from, c),
+                    None => Vec::new(),
+                };
+                let Some(round) = self.round.as_mut() else {
+                    return actions;
+                };
                 if let Some((other, theirs)) = round.votes.iter().next()
                     && *theirs != results
                 {
                     let reason = format!(
                         "replicas {other} and {from} disagree on the results of batch {batch}; their data has diverged"
                     );
-                    return self.abort_round(reason);
+                    actions.extend(self.abort_round(reason));
+                    return actions;
                 }
                 round.votes.insert(from, results);
                 if round.votes.len() == self.participants.len() {
                     round.phase = Phase::Logging;
                     let b = &round.batch;
-                    return vec![Action::Persist(Record::Commit {
+                    actions.push(Action::Persist(Record::Commit {
                         batch: b.id,
                         first: b.first_version,
                         last: b.last_version(),
-                    })];
+                    }));
                 }
-                Vec::new()
+                actions
             }
             Ok(Vote::No(reason)) => self.abort_round(format!("replica {from} voted no: {reason}")),
             Err(reason) => {
@@ -349,11 +361,17 @@ impl<T> Coordinator<T> {
             .collect();
         self.unacked_commits
             .insert(batch, self.participants.iter().copied().collect());
-        actions.extend(self.participants.iter().map(|&to| Action::Send {
-            to,
-            msg: Message::Commit(self.decision(to, batch)),
-        }));
-        actions.extend(self.maybe_start_round());
+        // With writes waiting, the next prepare carries this commit (and its
+        // YES votes acknowledge it); a separate commit message would only
+        // cost every replica an extra RPC and fsync. Idle, send it now.
+        let next = self.maybe_start_round();
+        if next.is_empty() {
+            actions.extend(self.participants.iter().map(|&to| Action::Send {
+                to,
+                msg: Message::Commit(self.decision(to, batch)),
+            }));
+        }
+        actions.extend(next);
         actions
     }
 
@@ -505,6 +523,7 @@ impl<T> Coordinator<T> {
         actions.push(Action::ArmTimer(id));
         self.round = Some(Round {
             batch,
+            carried: self.last_committed,
             waiters,
             votes: BTreeMap::new(),
             phase: Phase::Preparing,

@@ -799,6 +799,42 @@ fn all_yes_commits_everywhere_and_answers_clients() {
 }
 
 #[test]
+fn a_busy_round_carries_the_previous_commit_and_its_yes_votes_ack_it() {
+    let mut sim = Sim::new(3);
+    let t1 = sim.submit(put("a", "1"));
+    let t2 = sim.submit(put("b", "2"));
+    // Deliver batch 1.1's prepares and votes; its COMMIT becomes durable with
+    // batch 1.2 waiting, so 1.2's prepare goes out instead of commit messages.
+    sim.settle_except(|p| matches!(p, Packet::Request { msg: Message::Prepare(r), .. } if r.batch.id == batch_id(1, 2)));
+    assert_eq!(sim.reply(t1), ok_put(1));
+    assert_eq!(
+        sim.count(any_commit),
+        0,
+        "no separate commit while the next round starts"
+    );
+    assert_eq!(
+        sim.count(|p| matches!(
+            p,
+            Packet::Request {
+                msg: Message::Prepare(_),
+                ..
+            }
+        )),
+        3
+    );
+    sim.settle();
+    assert_eq!(sim.reply(t2), ok_put(2));
+    assert!(
+        sim.coord_log
+            .contains(&coordinator::Record::Acked(batch_id(1, 1))),
+        "the YES votes for 1.2 acknowledged the commit of 1.1"
+    );
+    sim.tick();
+    assert_eq!(sim.count(any_commit), 0, "nothing left to resend");
+    sim.check_all();
+}
+
+#[test]
 fn writes_during_a_round_go_out_as_one_batch_with_contiguous_versions() {
     let mut sim = Sim::new(5);
     let t1 = sim.submit(put("a", "1"));
@@ -1041,11 +1077,10 @@ fn lost_commit_is_settled_by_the_next_prepare() {
     sim.settle();
     assert_eq!(sim.reply(t2), ok_put(2));
     sim.check_all();
-    // The commit of batch 1.1 is still unacked by replica 3; a resend is a no-op.
+    // Replica 3's YES vote for batch 1.2 acknowledged the commit of 1.1 that
+    // its prepare carried, so nothing is left to resend.
     sim.tick();
-    assert_eq!(sim.count(commit_to(3)), 1);
-    sim.settle();
-    sim.tick();
+    assert_eq!(sim.count(commit_to(3)), 0);
     assert!(sim.net.is_empty(), "once acked the commit is forgotten");
     assert!(
         sim.coord_log
