@@ -115,6 +115,7 @@ impl BenchArgs {
                 TargetArg::Random => Target::Random,
                 TargetArg::RoundRobin => Target::RoundRobinReplica,
             },
+            error_backoff: Duration::ZERO,
         }
     }
 }

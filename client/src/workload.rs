@@ -339,6 +339,10 @@ pub struct WorkloadSpec {
     pub key_prefix: String,
     /// Where operations are sent.
     pub target: Target,
+    /// Pause after an operation that surely failed (e.g. its replica is
+    /// down), so a client does not spin on instant failures. Zero for
+    /// benchmarks of a healthy cluster; fault-injection runs set it.
+    pub error_backoff: Duration,
 }
 
 impl Default for WorkloadSpec {
@@ -362,6 +366,7 @@ impl Default for WorkloadSpec {
             seed: 0,
             key_prefix: "bench-".into(),
             target: Target::Random,
+            error_backoff: Duration::ZERO,
         }
     }
 }
@@ -843,7 +848,15 @@ async fn client_loop(id: u32, shared: Arc<Shared>, cancel: watch::Receiver<bool>
         if let Some(observe) = &shared.observer {
             observe(&record);
         }
+        let back_off = !spec.error_backoff.is_zero()
+            && record
+                .outcome
+                .as_ref()
+                .is_err_and(ClientError::surely_not_applied);
         recorder.record(&record);
+        if back_off {
+            tokio::time::sleep(spec.error_backoff).await;
+        }
     }
     recorder
 }

@@ -33,6 +33,7 @@ async fn short_workload_runs_and_every_acknowledged_put_is_readable() {
         seed: 11,
         key_prefix: "wl-".into(),
         target: Target::Random,
+        error_backoff: Duration::ZERO,
     };
     let records: Arc<Mutex<Vec<OpRecord>>> = Arc::default();
     let sink = records.clone();

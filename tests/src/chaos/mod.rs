@@ -379,6 +379,7 @@ pub async fn run_with<B: Backend>(args: &Args, backend: &mut B) -> anyhow::Resul
         seed,
         key_prefix: format!("chaos-{run_id}-"),
         target: Target::RoundRobinReplica,
+        error_backoff: Duration::from_millis(20),
     };
     let kind_names: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
     println!(
