@@ -291,7 +291,10 @@ impl fmt::Display for ChaosReport {
             self.history.display(),
             self.history_len
         )?;
-        writeln!(f, "node logs: {}", self.logs)?;
+        if !self.passed() {
+            // A passing local run removes its temp dir; logs matter on failure.
+            writeln!(f, "node logs: {}", self.logs)?;
+        }
         write!(f, "RESULT: {}", if self.passed() { "PASS" } else { "FAIL" })
     }
 }
