@@ -165,8 +165,6 @@ pub struct RegisterReply {
     pub epoch: u64,
     /// Highest committed version.
     pub committed: Version,
-    /// Last committed batch.
-    pub last_committed: Option<BatchId>,
 }
 
 /// What `status` reports for a participant.

@@ -90,7 +90,6 @@ impl Coord for Handler {
             cluster: self.cluster,
             epoch: status.epoch,
             committed: status.committed,
-            last_committed: None,
         })
     }
 
