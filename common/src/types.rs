@@ -95,18 +95,7 @@ impl Op {
 
     /// Checks the operation against the limits; the error says which one.
     pub fn validate(&self, limits: &Limits) -> Result<(), Error> {
-        let key = self.key();
-        if key.is_empty() {
-            return Err(Error::InvalidArgument(
-                "empty key: keys must be 1 to 4096 bytes".into(),
-            ));
-        }
-        if key.len() > MAX_KEY_LEN {
-            return Err(Error::InvalidArgument(format!(
-                "key of {} bytes is too long: keys must be 1 to {MAX_KEY_LEN} bytes",
-                key.len()
-            )));
-        }
+        validate_key(self.key())?;
         if let Op::Put { value, .. } = self
             && value.len() > limits.max_value_len
         {
@@ -118,6 +107,22 @@ impl Op {
         }
         Ok(())
     }
+}
+
+/// Checks a key's length (1..=4096 bytes); the error says what is allowed.
+pub fn validate_key(key: &[u8]) -> Result<(), Error> {
+    if key.is_empty() {
+        return Err(Error::InvalidArgument(
+            "empty key: keys must be 1 to 4096 bytes".into(),
+        ));
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "key of {} bytes is too long: keys must be 1 to {MAX_KEY_LEN} bytes",
+            key.len()
+        )));
+    }
+    Ok(())
 }
 
 /// The outcome of one operation, identical on every replica.

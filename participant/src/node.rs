@@ -23,7 +23,7 @@ use quintet_common::rpc::{
 };
 use quintet_common::storage::{snapshot, wal, writer::LogWriter};
 use quintet_common::store::digest_hex;
-use quintet_common::types::{BatchId, Limits, NodeId, Op, ReadLevel};
+use quintet_common::types::{BatchId, Limits, NodeId, Op, ReadLevel, validate_key};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -171,7 +171,7 @@ impl Node {
     /// Reads a key; a linearizable read waits (bounded) for an undecided
     /// write of the key.
     pub async fn get(&self, key: Vec<u8>, level: ReadLevel) -> Result<GetReply, Error> {
-        Op::Delete { key: key.clone() }.validate(&self.limits)?;
+        validate_key(&key)?;
         let deadline = Instant::now() + self.read_timeout;
         let mut decided = self.decided.subscribe();
         loop {
