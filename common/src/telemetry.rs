@@ -76,6 +76,24 @@ pub fn init(format: LogFormat, default: &str) {
     };
 }
 
+/// One line for an error and its causes, for `error: ...` output. Causes
+/// whose text the line already holds (errors that quote their source) are
+/// left out, so nothing is said twice.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// Makes a panic anywhere (including a spawned task) end the process. State
 /// behind a lock may be half-updated after a panic; restarting from the log
 /// is the one safe recovery, and a supervisor restarts us.
@@ -92,6 +110,18 @@ pub fn exit_on_panic() {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn error_line_says_each_cause_once() {
+        let io = std::io::Error::other("disk on fire");
+        let quoted = anyhow::anyhow!("cannot open /x: {io}").context("starting");
+        assert_eq!(
+            error_line(&quoted),
+            "starting: cannot open /x: disk on fire"
+        );
+        let chained = anyhow::Error::new(io).context("cannot open /x");
+        assert_eq!(error_line(&chained), "cannot open /x: disk on fire");
+    }
 
     #[test]
     fn formats_known_instants() {

@@ -14,7 +14,7 @@ async fn main() {
     quintet_common::telemetry::exit_on_panic();
     tracing::info!(?config, "starting");
     if let Err(e) = server::run(config, quintet_common::shutdown::signal()).await {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", quintet_common::telemetry::error_line(&e));
         std::process::exit(1);
     }
 }

@@ -141,7 +141,7 @@ impl Failure {
 /// Anything else that stopped a command (start-up, files): exit 3.
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Failure {
-        Failure::failed(format!("{e:#}"))
+        Failure::failed(quintet_common::telemetry::error_line(&e))
     }
 }
 

@@ -66,7 +66,12 @@ pub async fn run(ctx: &Ctx) -> Result<i32, Failure> {
         }
         let c = LocalCluster::start(LocalOptions::default(), Duration::from_secs(30))
             .await
-            .map_err(|e| Failure::failed(format!("cannot start the demo cluster: {e:#}")))?;
+            .map_err(|e| {
+                Failure::failed(format!(
+                    "cannot start the demo cluster: {}",
+                    quintet_common::telemetry::error_line(&e)
+                ))
+            })?;
         Some(c)
     };
     let endpoints = match &cluster {

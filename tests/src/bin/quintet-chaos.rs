@@ -33,7 +33,10 @@ async fn main() -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("quintet-chaos: {e:#}");
+            eprintln!(
+                "quintet-chaos: {}",
+                quintet_common::telemetry::error_line(&e)
+            );
             ExitCode::from(2)
         }
     }
