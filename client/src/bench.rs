@@ -1,7 +1,7 @@
 //! `quintet bench`: drive a workload against a cluster and report throughput
 //! and latency.
 //!
-//! A thin shell over the [`workload`](crate::workload) engine: the flags
+//! A thin shell over the [`workload`] engine: the flags
 //! become a [`WorkloadSpec`], an observer feeds a live progress line
 //! (indicatif, on stderr, only on a terminal and never with
 //! `--output json`), and the [`Summary`] is printed as a table or as JSON.

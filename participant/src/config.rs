@@ -16,7 +16,7 @@ pub struct Config {
     #[arg(long, env = "QUINTET_ID", value_parser = clap::value_parser!(u32).range(1..=MAX_PARTICIPANTS as i64))]
     pub id: NodeId,
 
-    /// Address to serve clients and the coordinator on [default: 127.0.0.1:770<ID>].
+    /// Address to serve clients and the coordinator on [default: 127.0.0.1:770ID].
     #[arg(long, env = "QUINTET_LISTEN")]
     pub listen: Option<String>,
 
@@ -24,7 +24,7 @@ pub struct Config {
     #[arg(long, env = "QUINTET_COORDINATOR", default_value = "127.0.0.1:7700")]
     pub coordinator: String,
 
-    /// Data directory [default: ./quintet-data/participant-<ID>].
+    /// Data directory [default: ./quintet-data/participant-ID].
     #[arg(long, env = "QUINTET_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
