@@ -563,6 +563,10 @@ mod tests {
             committed,
             queued: 0,
             in_flight: seq.map(|seq| BatchId { epoch: 1, seq }),
+            view: Default::default(),
+            min_participants: 3,
+            members: Vec::new(),
+            learners: Vec::new(),
         }
     }
 

@@ -4,8 +4,10 @@
 //! moves to the next only when it surely was not delivered (no connection
 //! could be made). A write that may have reached a replica is never retried
 //! blindly; it is reported as [`ClientError::Unknown`] so the caller can read
-//! the key and decide. Reads also move on when a replica says it is not
-//! current or is stopping, since a read has no effect to duplicate.
+//! the key and decide. Reads also move on when a replica refuses them (it is
+//! not a member, its lease ran out, it is not current, or it is stopping),
+//! since a read has no effect to duplicate; only when every replica refuses
+//! does the read fail ([`ClientError::Refused`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +43,14 @@ pub enum ClientError {
         /// What each endpoint said.
         detail: String,
     },
+    /// Every replica refused a linearizable read; nothing to retry blindly.
+    #[error(
+        "no replica can serve a linearizable read now ({detail}); retry shortly, or read with --serializable"
+    )]
+    Refused {
+        /// What each replica said.
+        detail: String,
+    },
     /// The request was sent but no answer came back.
     #[error(
         "{endpoint}: {detail}; no answer came back: a write may or may not have been applied, read the key before retrying it"
@@ -58,7 +68,7 @@ impl ClientError {
     pub fn surely_not_applied(&self) -> bool {
         match self {
             ClientError::Server { error, .. } => error.surely_not_applied(),
-            ClientError::Unreachable { .. } => true,
+            ClientError::Unreachable { .. } | ClientError::Refused { .. } => true,
             ClientError::Unknown { .. } => false,
         }
     }
@@ -81,8 +91,11 @@ impl ClientError {
                 Error::ClusterMismatch(_) => "cluster_mismatch",
                 Error::ShuttingDown(_) => "shutting_down",
                 Error::Internal(_) => "internal",
+                Error::NotMember(_) => "not_member",
+                Error::LeaseExpired(_) => "lease_expired",
             },
             ClientError::Unreachable { .. } => "unreachable",
+            ClientError::Refused { .. } => "refused",
             ClientError::Unknown { .. } => "timeout",
         }
     }
@@ -232,21 +245,27 @@ impl Client {
     {
         let n = self.links.len();
         let start = rand::random_range(0..n);
+        let mut unreachable = Vec::new();
         let mut refused = Vec::new();
         for k in 0..n {
             let i = (start + k) % n;
             match f(self, i).await {
-                Err(ClientError::Unreachable { detail }) => refused.push(detail),
-                Err(ClientError::Server {
-                    error: Error::NotCurrent(_) | Error::ShuttingDown(_),
-                    endpoint,
-                }) if read && k + 1 < n => {
-                    refused.push(format!("{endpoint}: not serving reads"));
+                Err(ClientError::Unreachable { detail }) => unreachable.push(detail),
+                Err(ClientError::Server { error, endpoint }) if read && error.read_elsewhere() => {
+                    refused.push(format!("{endpoint} {}", error.label()));
                 }
                 other => return other,
             }
         }
-        Err(ClientError::Unreachable {
+        if refused.is_empty() {
+            return Err(ClientError::Unreachable {
+                detail: unreachable.join("; "),
+            });
+        }
+        if !unreachable.is_empty() {
+            refused.push(format!("{} unreachable", unreachable.len()));
+        }
+        Err(ClientError::Refused {
             detail: refused.join("; "),
         })
     }

@@ -37,11 +37,47 @@ pub enum Error {
     /// A bug or a broken disk; the message says which.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The replica is not a member of the current view (a learner, or cut
+    /// off), so it refuses linearizable reads. Retry at another replica.
+    #[error("not a member: {0}")]
+    NotMember(String),
+    /// The replica's lease ran out (it cannot reach the coordinator, or was
+    /// paused), so it refuses linearizable reads. Retry at another replica.
+    #[error("lease expired: {0}")]
+    LeaseExpired(String),
 }
 
 impl Error {
     /// True when the write surely did not take effect (safe to retry blindly).
     pub fn surely_not_applied(&self) -> bool {
         !matches!(self, Error::OutcomeUnknown(_) | Error::Internal(_))
+    }
+
+    /// The kind, as the message starts (`not a member`, `lease expired`, ...).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Aborted(_) => "aborted",
+            Error::InvalidArgument(_) => "invalid request",
+            Error::Unavailable(_) => "unavailable",
+            Error::InDoubt(_) => "in doubt",
+            Error::NotCurrent(_) => "replica not current",
+            Error::OutcomeUnknown(_) => "outcome unknown",
+            Error::ClusterMismatch(_) => "cluster mismatch",
+            Error::ShuttingDown(_) => "shutting down",
+            Error::Internal(_) => "internal error",
+            Error::NotMember(_) => "not a member",
+            Error::LeaseExpired(_) => "lease expired",
+        }
+    }
+
+    /// True for a read this replica refuses but another may serve.
+    pub fn read_elsewhere(&self) -> bool {
+        matches!(
+            self,
+            Error::NotCurrent(_)
+                | Error::NotMember(_)
+                | Error::LeaseExpired(_)
+                | Error::ShuttingDown(_)
+        )
     }
 }

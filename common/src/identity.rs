@@ -1,7 +1,9 @@
-//! The `IDENTITY` file of a data dir: which cluster it belongs to and which
-//! node it is. Written once, atomically (temp file, fsync, rename, fsync dir),
-//! and checked at every start so a data dir is never served under the wrong
-//! cluster or participant id.
+//! The `IDENTITY` file of a data dir: which cluster it belongs to, which
+//! node it is, and (for a participant) the data dir's random incarnation.
+//! Written once, atomically (temp file, fsync, rename, fsync dir), and
+//! checked at every start so a data dir is never served under the wrong
+//! cluster or participant id. A wiped data dir gets a new incarnation, which
+//! is how the coordinator tells a rebuilt replica from the member it was.
 
 use std::fs;
 use std::io::Write;
@@ -19,6 +21,8 @@ pub struct Identity {
     pub cluster: ClusterId,
     /// 0 for the coordinator, else the participant id.
     pub node: NodeId,
+    /// The data dir's incarnation (0 for the coordinator).
+    pub incarnation: u64,
 }
 
 /// Reads the identity, `None` if the data dir has none yet.
@@ -37,15 +41,28 @@ pub fn load(dir: &Path) -> anyhow::Result<Option<Identity>> {
     };
     let mut cluster = None;
     let mut node = None;
+    let mut incarnation = None;
     for line in text.lines() {
         match line.split_once('=') {
             Some(("cluster", v)) => cluster = Some(v.parse().map_err(|_| damaged())?),
             Some(("node", v)) => node = Some(v.parse().map_err(|_| damaged())?),
+            Some(("incarnation", v)) => {
+                incarnation = Some(u64::from_str_radix(v, 16).map_err(|_| damaged())?)
+            }
             _ => {}
         }
     }
-    match (cluster, node) {
-        (Some(cluster), Some(node)) => Ok(Some(Identity { cluster, node })),
+    match (cluster, node, incarnation) {
+        (Some(cluster), Some(0), inc) => Ok(Some(Identity {
+            cluster,
+            node: 0,
+            incarnation: inc.unwrap_or(0),
+        })),
+        (Some(cluster), Some(node), Some(incarnation)) => Ok(Some(Identity {
+            cluster,
+            node,
+            incarnation,
+        })),
         _ => Err(damaged()),
     }
 }
@@ -59,6 +76,7 @@ pub fn store(dir: &Path, id: Identity) -> anyhow::Result<()> {
         writeln!(f, "# quintet data dir identity; do not edit")?;
         writeln!(f, "cluster={}", id.cluster)?;
         writeln!(f, "node={}", id.node)?;
+        writeln!(f, "incarnation={:016x}", id.incarnation)?;
         f.sync_all()?;
         fs::rename(&tmp, &path)?;
         fs::File::open(dir)?.sync_all()
@@ -77,10 +95,13 @@ mod tests {
         let id = Identity {
             cluster: ClusterId(0xabc),
             node: 3,
+            incarnation: 0xfeed,
         };
         store(dir.path(), id).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(id));
         fs::write(dir.path().join(FILE), "cluster=zz\nnode=1\n").unwrap();
+        assert!(load(dir.path()).is_err());
+        fs::write(dir.path().join(FILE), "cluster=abc\nnode=1\n").unwrap();
         assert!(
             load(dir.path())
                 .unwrap_err()

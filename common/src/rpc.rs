@@ -2,8 +2,10 @@
 //!
 //! Four traits, each one audience:
 //! - [`Kv`]: what clients call on a participant (get/put/delete/status);
-//! - [`Peer`]: what only the coordinator calls on a participant (2PC);
-//! - [`Coord`]: what participants call on the coordinator;
+//! - [`Peer`]: what the coordinator calls on a participant (2PC, lease
+//!   revocation) and what a catching-up participant calls on its source;
+//! - [`Coord`]: what participants call on the coordinator (register, submit,
+//!   resolve, lease renewal);
 //! - [`Admin`]: health, answered by every server.
 //!
 //! A participant serves `Admin`, `Kv` and `Peer` on its one `--listen` port;
@@ -26,6 +28,8 @@ use tarpc::server::Serve;
 use tarpc::{RequestName, ServerError};
 
 use crate::error::Error;
+use crate::protocol::view::{Incarnation, View};
+use crate::store::Entry;
 use crate::types::{Batch, BatchId, ClusterId, NodeId, Op, OpResult, ReadLevel, Version};
 
 /// Client-facing service of a participant.
@@ -41,7 +45,8 @@ pub trait Kv {
     async fn coordinator_status() -> Result<CoordinatorStatus, Error>;
 }
 
-/// 2PC service of a participant; only the coordinator calls it.
+/// Peer service of a participant: 2PC and leases from the coordinator,
+/// catch-up from other participants.
 #[tarpc::service]
 pub trait Peer {
     /// Phase 1: check and durably prepare a batch, then vote.
@@ -50,6 +55,16 @@ pub trait Peer {
     async fn commit(req: DecisionRequest) -> Result<(), Error>;
     /// Phase 2: drop an aborted batch.
     async fn abort(req: DecisionRequest) -> Result<(), Error>;
+    /// Ends this replica's lease at once; Ok means it serves no more
+    /// linearizable reads until granted a new one.
+    async fn revoke(req: RevokeRequest) -> Result<(), Error>;
+    /// A learner asks this member how it can catch up: the log after its
+    /// applied version, or a pinned snapshot first.
+    async fn catchup_begin(req: CatchupRequest) -> Result<CatchupPlan, Error>;
+    /// The next entries of a pinned snapshot, in key order.
+    async fn catchup_chunk(req: ChunkRequest) -> Result<SnapshotChunk, Error>;
+    /// Committed batches after a version, in order.
+    async fn catchup_log(req: LogRequest) -> Result<LogChunk, Error>;
 }
 
 /// The coordinator's service; participants call it.
@@ -61,6 +76,9 @@ pub trait Coord {
     async fn submit(op: Op) -> Result<OpResult, Error>;
     /// The decision for a batch a participant holds prepared.
     async fn resolve(req: ResolveRequest) -> Result<Decision, Error>;
+    /// A participant's heartbeat: renews a member's lease, reports a
+    /// learner's catch-up, and tells either its role in the current view.
+    async fn renew(req: RenewRequest) -> Result<RenewReply, Error>;
     /// The coordinator's state.
     async fn status() -> Result<CoordinatorStatus, Error>;
 }
@@ -99,17 +117,33 @@ pub struct PrepareRequest {
     pub batch: Batch,
     /// The last batch the coordinator committed before this one. It decides
     /// any batch the participant still holds prepared: committed if it is this
-    /// one, aborted otherwise (rounds run one at a time).
+    /// one, aborted if the new batch reuses its versions.
     pub last_committed: Option<BatchId>,
+    /// The view the batch belongs to. A participant that is not a member
+    /// prepares it as a learner: its vote does not count.
+    pub view: View,
+    /// For a learner only: the batch `last_committed` names, so a learner one
+    /// batch behind can apply it and keep up without another fetch.
+    pub prev: Option<Batch>,
 }
 
 /// A participant's answer to prepare.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
 pub enum Vote {
-    /// Durably prepared; these are the results the batch will have.
-    Yes(Vec<OpResult>),
-    /// Refused, with the reason.
+    /// Durably prepared, with the results the batch will have and the state
+    /// digest after it; every member must report the same ones.
+    Yes {
+        /// One result per operation.
+        results: Vec<OpResult>,
+        /// The replica's digest once the batch is applied.
+        digest: u128,
+    },
+    /// Refused because of the batch (a limit, a stale id); nothing is wrong
+    /// with the replica.
     No(String),
+    /// Refused because of the replica: it is behind, ahead, or catching up,
+    /// and cannot vote until it has caught up from a peer.
+    OutOfSync(String),
 }
 
 /// Phase 2 message (commit or abort).
@@ -130,6 +164,8 @@ pub struct ResolveRequest {
     pub cluster: ClusterId,
     /// The asker.
     pub from: NodeId,
+    /// The asker's incarnation.
+    pub incarnation: Incarnation,
     /// The batch in doubt.
     pub batch: BatchId,
 }
@@ -143,17 +179,230 @@ pub enum Decision {
     Abort,
     /// Not decided yet; ask again.
     Pending,
+    /// The coordinator no longer knows the batch and cannot presume it
+    /// aborted: it may have been committed without the asker. Catch up from
+    /// a member instead.
+    Unknown,
+}
+
+/// Lease revocation.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct RevokeRequest {
+    /// The sender's cluster.
+    pub cluster: ClusterId,
+    /// The participant the message is meant for.
+    pub to: NodeId,
+    /// The incarnation whose lease ends.
+    pub incarnation: Incarnation,
+    /// The coordinator's epoch.
+    pub epoch: u64,
 }
 
 /// A participant introduces itself.
-#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Debug)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
 pub struct RegisterRequest {
     /// The participant's `--id`.
     pub id: NodeId,
     /// The cluster it joined before, if any.
     pub cluster: Option<ClusterId>,
+    /// Its data dir's incarnation.
+    pub incarnation: Incarnation,
     /// Its applied version.
     pub applied: Version,
+    /// The address other participants reach its peer service on (for
+    /// catch-up), or empty to use the coordinator's address for it.
+    pub advertise: String,
+}
+
+/// How far a learner's catch-up has come.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Debug, Default)]
+pub struct Progress {
+    /// Snapshot bytes received.
+    pub bytes_done: u64,
+    /// Snapshot bytes in all (0 when only the log is fetched).
+    pub bytes_total: u64,
+    /// Keys received.
+    pub keys_done: u64,
+    /// Keys in the snapshot.
+    pub keys_total: u64,
+    /// Committed batches fetched from the log so far.
+    pub batches: u64,
+}
+
+/// A participant's catch-up, as it reports it in each heartbeat.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Debug, Default)]
+pub enum CatchupState {
+    /// Not catching up (a member, or a learner waiting for a source).
+    #[default]
+    Idle,
+    /// Fetching from `source`.
+    Transferring {
+        /// The member it copies.
+        source: NodeId,
+        /// How far it has come.
+        progress: Progress,
+    },
+    /// Caught up with its source; prepares it as a non-voter until it joins.
+    Following,
+    /// The last attempt with `source` failed; it wants another source.
+    Failed {
+        /// The member it could not copy.
+        source: NodeId,
+    },
+}
+
+/// A participant's heartbeat.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct RenewRequest {
+    /// The sender's cluster.
+    pub cluster: ClusterId,
+    /// The sender.
+    pub id: NodeId,
+    /// Its incarnation.
+    pub incarnation: Incarnation,
+    /// The highest view epoch it knows.
+    pub epoch: u64,
+    /// Its applied version.
+    pub applied: Version,
+    /// Its digest at `applied`.
+    pub digest: u128,
+    /// The batch it holds prepared, if any.
+    pub pending: Option<BatchId>,
+    /// Its catch-up.
+    pub catchup: CatchupState,
+}
+
+/// Where a learner copies from.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct Source {
+    /// The member's id.
+    pub id: NodeId,
+    /// Its peer address.
+    pub addr: String,
+}
+
+/// What a participant is in the current view.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub enum Role {
+    /// A voting member.
+    Member,
+    /// Not a member: catch up from `source` (none while no member can serve).
+    Learner {
+        /// The member to copy.
+        source: Option<Source>,
+    },
+}
+
+/// The coordinator's answer to a heartbeat.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct RenewReply {
+    /// The current view.
+    pub view: View,
+    /// The lease granted, `D` in ms; none for a learner or a suspect member.
+    pub lease_ms: Option<u64>,
+    /// Highest committed version when the lease was granted.
+    pub committed: Version,
+    /// The sender's role.
+    pub role: Role,
+}
+
+/// A learner asks a member how to catch up.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct CatchupRequest {
+    /// The asker's cluster.
+    pub cluster: ClusterId,
+    /// The asker.
+    pub from: NodeId,
+    /// Its applied version.
+    pub applied: Version,
+    /// Its digest at `applied`.
+    pub digest: u128,
+}
+
+/// A pinned snapshot a learner may copy.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct SnapshotOffer {
+    /// Names the transfer in later calls.
+    pub transfer: u64,
+    /// Version the snapshot holds everything up to.
+    pub applied: Version,
+    /// Digest at `applied`.
+    pub digest: u128,
+    /// Last batch it includes.
+    pub last_committed: Option<BatchId>,
+    /// Highest batch id the source had seen.
+    pub highest_seen: Option<BatchId>,
+    /// Live keys.
+    pub keys: u64,
+    /// Approximate bytes of keys and values.
+    pub bytes: u64,
+    /// xxh3 of every entry in key order, to check the copy.
+    pub checksum: u64,
+}
+
+/// How a learner catches up.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub enum CatchupPlan {
+    /// The source still holds the log after the learner's applied version
+    /// and agrees on its digest there: fetch only the log.
+    Log,
+    /// Copy this snapshot first, then the log after it.
+    Snapshot(SnapshotOffer),
+}
+
+/// The next piece of a snapshot.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct ChunkRequest {
+    /// The asker's cluster.
+    pub cluster: ClusterId,
+    /// The transfer.
+    pub transfer: u64,
+    /// Entries come after this key (none: from the first).
+    pub after: Option<Vec<u8>>,
+    /// Most bytes in the answer.
+    pub max_bytes: u64,
+}
+
+/// Entries of a snapshot.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct SnapshotChunk {
+    /// The next entries in key order.
+    pub entries: Vec<(Vec<u8>, Entry)>,
+    /// True when these are the last ones.
+    pub last: bool,
+}
+
+/// Committed batches after a version.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct LogRequest {
+    /// The asker's cluster.
+    pub cluster: ClusterId,
+    /// The transfer whose pin keeps the log, if the learner copied a snapshot.
+    pub transfer: Option<u64>,
+    /// The learner's applied version.
+    pub after: Version,
+    /// Most bytes in the answer.
+    pub max_bytes: u64,
+}
+
+/// A committed batch and the digest after it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct LearnedBatch {
+    /// The batch.
+    pub batch: Batch,
+    /// The source's digest once it was applied.
+    pub digest: u128,
+}
+
+/// The next committed batches.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct LogChunk {
+    /// In version order, starting right after the asked version.
+    pub batches: Vec<LearnedBatch>,
+    /// The source's applied version when it answered.
+    pub source_applied: Version,
+    /// The source's digest at `source_applied`.
+    pub source_digest: u128,
 }
 
 /// The coordinator's answer to register.
@@ -165,6 +414,17 @@ pub struct RegisterReply {
     pub epoch: u64,
     /// Highest committed version.
     pub committed: Version,
+}
+
+/// A participant's catch-up, for status.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct CatchupStatus {
+    /// The member it copies.
+    pub source: NodeId,
+    /// `snapshot` or `log`.
+    pub phase: String,
+    /// How far it has come.
+    pub progress: Progress,
 }
 
 /// What `status` reports for a participant.
@@ -184,6 +444,42 @@ pub struct ParticipantStatus {
     pub keys: u64,
     /// Whether it can prove it is current (serves linearizable reads).
     pub current: bool,
+    /// Its data dir's incarnation.
+    pub incarnation: Incarnation,
+    /// The highest view epoch it knows.
+    pub epoch: u64,
+    /// Whether it is a member of that view.
+    pub member: bool,
+    /// Milliseconds left on its lease (none when it holds none).
+    pub lease_ms: Option<u64>,
+    /// Its catch-up, while it runs.
+    pub catchup: Option<CatchupStatus>,
+}
+
+/// A member as the coordinator sees it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct MemberStatus {
+    /// Participant id.
+    pub id: NodeId,
+    /// Incarnation recorded in the view.
+    pub incarnation: Incarnation,
+    /// How long the coordinator must still count its lease as live (ms).
+    pub lease_ms: u64,
+    /// Why it is suspect, if it is.
+    pub suspect: Option<String>,
+}
+
+/// A learner as the coordinator sees it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct LearnerStatus {
+    /// Participant id.
+    pub id: NodeId,
+    /// Its incarnation.
+    pub incarnation: Incarnation,
+    /// Its applied version, as last reported.
+    pub applied: Version,
+    /// Its catch-up, as last reported.
+    pub catchup: CatchupState,
 }
 
 /// What `status` reports for the coordinator.
@@ -199,6 +495,14 @@ pub struct CoordinatorStatus {
     pub queued: u64,
     /// Round in flight, if any.
     pub in_flight: Option<BatchId>,
+    /// The current view.
+    pub view: View,
+    /// Fewest members writes go on with (`--min-participants`).
+    pub min_participants: u32,
+    /// The members, in id order.
+    pub members: Vec<MemberStatus>,
+    /// The learners it knows of.
+    pub learners: Vec<LearnerStatus>,
 }
 
 /// Answer to a health probe.

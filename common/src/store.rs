@@ -7,11 +7,17 @@
 //! `quintet status` and the tests check invariant 2 without shipping data.
 //! xxh3-128 is used because it is fast and stable across platforms; it is a
 //! corruption and divergence detector, not a defence against an adversary.
+//!
+//! A replica that catches up copies another's entries instead of its
+//! history, so it cannot recompute the chained digest; it takes the
+//! source's digest with the entries ([`Store::from_parts`]) and checks the
+//! copy itself with a content checksum over the entries ([`Checksum`]).
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::{Xxh3, Xxh3Default};
 
 use crate::types::{Batch, Op, OpResult, Version};
 
@@ -33,6 +39,16 @@ pub struct Store {
 }
 
 impl Store {
+    /// A store holding `entries` at `applied` with the chained `digest` of
+    /// the history that produced them (copied from a peer).
+    pub fn from_parts(entries: BTreeMap<Vec<u8>, Entry>, applied: Version, digest: u128) -> Store {
+        Store {
+            map: entries,
+            applied,
+            digest,
+        }
+    }
+
     /// The committed entry for `key`.
     pub fn get(&self, key: &[u8]) -> Option<&Entry> {
         self.map.get(key)
@@ -61,6 +77,61 @@ impl Store {
     /// Iterates live entries in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &Entry)> {
         self.map.iter()
+    }
+
+    /// Entries after `after` (from the first when `None`), in key order, up
+    /// to about `max_bytes` (at least one); true when nothing follows them.
+    pub fn entries_after(
+        &self,
+        after: Option<&[u8]>,
+        max_bytes: usize,
+    ) -> (Vec<(Vec<u8>, Entry)>, bool) {
+        let start = match after {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut range = self
+            .map
+            .range::<[u8], _>((start, Bound::Unbounded))
+            .peekable();
+        while let Some((k, e)) = range.peek() {
+            let size = entry_size(k, e);
+            if !out.is_empty() && bytes + size > max_bytes {
+                return (out, false);
+            }
+            bytes += size;
+            out.push(((*k).clone(), (*e).clone()));
+            range.next();
+        }
+        (out, true)
+    }
+
+    /// Approximate bytes of keys and values.
+    pub fn bytes(&self) -> u64 {
+        self.map.iter().map(|(k, e)| entry_size(k, e) as u64).sum()
+    }
+
+    /// The content checksum of every entry, in key order.
+    pub fn checksum(&self) -> u64 {
+        let mut c = Checksum::default();
+        for (k, e) in &self.map {
+            c.update(k, e);
+        }
+        c.finish()
+    }
+
+    /// The digest the store would have after applying `batch`, without
+    /// applying it.
+    pub fn digest_after(&self, batch: &Batch) -> u128 {
+        batch
+            .ops
+            .iter()
+            .enumerate()
+            .fold(self.digest, |d, (i, op)| {
+                chain(d, batch.first_version + i as u64, op)
+            })
     }
 
     /// Computes what each operation of `batch` would return if applied now,
@@ -116,6 +187,32 @@ impl Store {
             }
             self.applied = version;
         }
+    }
+}
+
+/// Bytes an entry is counted as, for chunking.
+pub fn entry_size(key: &[u8], e: &Entry) -> usize {
+    key.len() + e.value.len() + 16
+}
+
+/// A running xxh3-64 over entries in key order: what a snapshot copy is
+/// checked against.
+#[derive(Default)]
+pub struct Checksum(Xxh3Default);
+
+impl Checksum {
+    /// Adds the next entry.
+    pub fn update(&mut self, key: &[u8], e: &Entry) {
+        self.0.update(&(key.len() as u64).to_le_bytes());
+        self.0.update(key);
+        self.0.update(&e.version.to_le_bytes());
+        self.0.update(&(e.value.len() as u64).to_le_bytes());
+        self.0.update(&e.value);
+    }
+
+    /// The checksum so far.
+    pub fn finish(&self) -> u64 {
+        self.0.digest()
     }
 }
 
@@ -208,6 +305,39 @@ mod tests {
             c.digest(),
             "batch boundaries do not change the digest"
         );
+    }
+
+    #[test]
+    fn digest_after_predicts_apply_and_chunks_cover_every_entry_once() {
+        let mut s = Store::default();
+        let b = batch(
+            1,
+            1,
+            (0..50).map(|i| put(&format!("k{i:02}"), "v")).collect(),
+        );
+        let predicted = s.digest_after(&b);
+        s.apply(b);
+        assert_eq!(predicted, s.digest());
+        let mut after: Option<Vec<u8>> = None;
+        let mut copy = BTreeMap::new();
+        let mut c = Checksum::default();
+        let mut chunks = 0;
+        loop {
+            let (entries, last) = s.entries_after(after.as_deref(), 100);
+            chunks += 1;
+            for (k, e) in &entries {
+                c.update(k, e);
+                copy.insert(k.clone(), e.clone());
+            }
+            after = entries.last().map(|(k, _)| k.clone());
+            if last {
+                break;
+            }
+        }
+        assert!(chunks >= 10, "100-byte chunks split 50 entries");
+        assert_eq!(c.finish(), s.checksum());
+        let rebuilt = Store::from_parts(copy, s.applied(), s.digest());
+        assert_eq!(rebuilt, s);
     }
 
     #[test]

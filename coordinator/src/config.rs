@@ -33,9 +33,27 @@ pub struct Config {
     )]
     pub data_dir: PathBuf,
 
-    /// How long a round waits for every vote before aborting.
-    #[arg(long, env = "QUINTET_PREPARE_TIMEOUT", default_value = "2s", value_parser = quintet_common::duration::parse)]
+    /// How long a round waits for every member's vote; a member that misses
+    /// it is suspect and, once its lease is surely over, dropped from the view.
+    #[arg(long, env = "QUINTET_PREPARE_TIMEOUT", default_value = "500ms", value_parser = quintet_common::duration::parse)]
     pub prepare_timeout: Duration,
+
+    /// The lease granted to members (D): how long a member may serve
+    /// linearizable reads after asking, and about how long writes pause
+    /// when one dies.
+    #[arg(long, env = "QUINTET_LEASE", default_value = "1s", value_parser = quintet_common::duration::parse)]
+    pub lease: Duration,
+
+    /// How often participants renew their lease (H); a member silent for
+    /// 3 H is suspect. Must match the participants' --heartbeat.
+    #[arg(long, env = "QUINTET_HEARTBEAT", default_value = "100ms", value_parser = quintet_common::duration::parse)]
+    pub heartbeat: Duration,
+
+    /// Fewest members writes go on with: a member is never dropped below
+    /// this, and with fewer members writes stop rather than commit on too
+    /// few copies.
+    #[arg(long, env = "QUINTET_MIN_PARTICIPANTS", default_value_t = 3)]
+    pub min_participants: usize,
 
     /// Most writes in one batch.
     #[arg(long, env = "QUINTET_MAX_BATCH_OPS", default_value_t = 1024)]
@@ -62,6 +80,22 @@ impl Config {
         }
         if self.max_batch_ops == 0 {
             anyhow::bail!("--max-batch-ops must be at least 1");
+        }
+        if self.min_participants == 0 || self.min_participants > n {
+            anyhow::bail!(
+                "--min-participants {} is out of range: give 1 to {n} (the number of --participants)",
+                self.min_participants
+            );
+        }
+        if self.heartbeat.is_zero() || self.lease < self.heartbeat * 3 {
+            anyhow::bail!(
+                "--lease {:?} must be at least three --heartbeat intervals ({:?}) so a member can renew in time",
+                self.lease,
+                self.heartbeat
+            );
+        }
+        if self.prepare_timeout.is_zero() {
+            anyhow::bail!("--prepare-timeout must be positive");
         }
         Ok(())
     }

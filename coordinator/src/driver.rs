@@ -2,23 +2,28 @@
 //! log and executes the actions it returns.
 //!
 //! Everything reaches the state machine as an [`Event`] on one channel:
-//! client submits, votes and acks coming back from send tasks, timers, and
-//! "this COMMIT record is durable" from the log writer. A single owner means
-//! no lock and a total order of inputs, which is what the scenario tests
-//! replay. Sends and waits run in their own tasks and report back as events,
-//! so the loop never blocks on the network or the disk. A send that follows
-//! a persist in the same batch of actions waits until that record is durable.
+//! client submits, heartbeats, votes and acks coming back from send tasks,
+//! timers, and "this record is durable" from the log writer. A single owner
+//! means no lock and a total order of inputs, which is what the scenario
+//! tests replay. The boot clock is read once per event and handed in, so
+//! the state machine never reads time itself. Sends and waits run in their
+//! own tasks and report back as events, so the loop never blocks on the
+//! network or the disk. A send that follows a persist in the same batch of
+//! actions waits until that record is durable.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use quintet_common::clock;
 use quintet_common::error::Error;
 use quintet_common::net::{Link, LinkError, context_with_timeout};
 use quintet_common::protocol::coordinator::{Action, Coordinator, Message, Record};
+use quintet_common::protocol::view::Incarnation;
 use quintet_common::rpc::{
-    CoordinatorStatus, Decision, ParticipantRequest, ParticipantResponse, Vote, peer_conn,
+    CoordinatorStatus, Decision, ParticipantRequest, ParticipantResponse, RenewReply, RenewRequest,
+    Vote, peer_conn,
 };
 use quintet_common::storage::{wal, writer::LogWriter};
 use quintet_common::types::{BatchId, NodeId, Op, OpResult};
@@ -39,12 +44,32 @@ pub enum Event {
     Vote(NodeId, BatchId, Result<Vote, String>),
     /// A commit or abort acknowledgement.
     Acked(NodeId, BatchId),
+    /// A suspect member acknowledged the revoke of its lease in an epoch.
+    Revoked(NodeId, u64),
     /// The prepare timer of a batch fired.
     Timeout(BatchId),
     /// The COMMIT record of a batch is durable.
     CommitDurable(BatchId),
+    /// The VIEW record of an epoch is durable.
+    ViewDurable(u64),
+    /// A participant introduces itself with its peer address.
+    Register(
+        NodeId,
+        String,
+        oneshot::Sender<Result<CoordinatorStatus, Error>>,
+    ),
+    /// A participant's heartbeat.
+    Renew(
+        Box<RenewRequest>,
+        oneshot::Sender<Result<RenewReply, Error>>,
+    ),
     /// A participant asks for a batch's fate.
-    Resolve(BatchId, oneshot::Sender<Result<Decision, Error>>),
+    Resolve(
+        NodeId,
+        Incarnation,
+        BatchId,
+        oneshot::Sender<Result<Decision, Error>>,
+    ),
     /// Status request.
     Status(oneshot::Sender<CoordinatorStatus>),
     /// Stop taking writes, finish the round in flight, flush and return.
@@ -58,6 +83,7 @@ pub struct Driver {
     peers: BTreeMap<NodeId, Arc<PeerLink>>,
     tx: mpsc::UnboundedSender<Event>,
     prepare_timeout: Duration,
+    tick_every: Duration,
     dir: PathBuf,
     compact_bytes: u64,
 }
@@ -72,29 +98,41 @@ fn fatal(e: impl std::fmt::Display) -> ! {
     std::process::exit(1);
 }
 
+/// What the driver needs besides the state machine and its log.
+pub struct Settings {
+    /// Links to the participants.
+    pub peers: BTreeMap<NodeId, Arc<PeerLink>>,
+    /// Bound on one prepare.
+    pub prepare_timeout: Duration,
+    /// How often the state machine is ticked.
+    pub tick_every: Duration,
+    /// The data dir, for compaction.
+    pub dir: PathBuf,
+    /// Compact after this many bytes of log.
+    pub compact_bytes: u64,
+}
+
 impl Driver {
     /// A driver over a started state machine.
     pub fn new(
         sm: Coordinator<Reply>,
         log: LogWriter,
-        peers: BTreeMap<NodeId, Arc<PeerLink>>,
         tx: mpsc::UnboundedSender<Event>,
-        prepare_timeout: Duration,
-        dir: PathBuf,
-        compact_bytes: u64,
+        settings: Settings,
     ) -> Self {
         Driver {
             sm,
             log,
-            peers,
+            peers: settings.peers,
             tx,
-            prepare_timeout,
-            dir,
-            compact_bytes,
+            prepare_timeout: settings.prepare_timeout,
+            tick_every: settings.tick_every,
+            dir: settings.dir,
+            compact_bytes: settings.compact_bytes,
         }
     }
 
-    /// Executes start-up actions; returns once the new epoch is durable.
+    /// Executes start-up actions; returns once the new view is durable.
     pub async fn start(&mut self, actions: Vec<Action<Reply>>) {
         self.execute(actions);
         if let Err(e) = self.log.wait_durable(self.log.last_lsn()).await {
@@ -104,7 +142,7 @@ impl Driver {
 
     /// Runs until [`Event::Stop`] and the round in flight is over.
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(self.tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stop_deadline: Option<Instant> = None;
         loop {
@@ -127,7 +165,7 @@ impl Driver {
                     Some(ev) => self.handle(ev),
                 },
                 _ = tick.tick() => {
-                    let actions = self.sm.tick();
+                    let actions = self.sm.tick(clock::now());
                     self.execute(actions);
                 }
             }
@@ -143,18 +181,34 @@ impl Driver {
     }
 
     fn handle(&mut self, ev: Event) {
+        let now = clock::now();
         let actions = match ev {
-            Event::Submit(op, reply) => self.sm.submit(op, reply),
-            Event::Vote(from, batch, vote) => self.sm.vote(from, batch, vote),
+            Event::Submit(op, reply) => self.sm.submit(op, reply, now),
+            Event::Vote(from, batch, vote) => self.sm.vote(from, batch, vote, now),
             Event::Acked(from, batch) => self.sm.acked(from, batch),
-            Event::Timeout(batch) => self.sm.prepare_timeout(batch),
-            Event::CommitDurable(batch) => self.sm.commit_durable(batch),
-            Event::Resolve(batch, reply) => {
-                let _ = reply.send(self.sm.resolve(batch));
+            Event::Revoked(from, epoch) => self.sm.revoked(from, epoch, now),
+            Event::Timeout(batch) => self.sm.prepare_timeout(batch, now),
+            Event::CommitDurable(batch) => self.sm.commit_durable(batch, now),
+            Event::ViewDurable(epoch) => self.sm.view_durable(epoch, now),
+            Event::Register(id, advertise, reply) => {
+                let answer = self
+                    .sm
+                    .register(id, advertise)
+                    .map(|()| self.sm.status(now));
+                let _ = reply.send(answer);
+                Vec::new()
+            }
+            Event::Renew(req, reply) => {
+                let (answer, actions) = self.sm.renew(&req, now);
+                let _ = reply.send(answer);
+                actions
+            }
+            Event::Resolve(from, incarnation, batch, reply) => {
+                let _ = reply.send(self.sm.resolve(from, incarnation, batch));
                 Vec::new()
             }
             Event::Status(reply) => {
-                let _ = reply.send(self.sm.status());
+                let _ = reply.send(self.sm.status(now));
                 Vec::new()
             }
             Event::Stop => Vec::new(),
@@ -169,14 +223,23 @@ impl Driver {
                 Action::Persist(record) => {
                     let lsn = self.log.append(encode(&record));
                     barrier = Some(lsn);
-                    if let Record::Commit { batch, first, last } = record {
-                        debug!(%batch, first, last, "logging commit");
+                    let durable_event = match &record {
+                        Record::Commit {
+                            batch, first, last, ..
+                        } => {
+                            debug!(%batch, first, last, "logging commit");
+                            Some(Event::CommitDurable(*batch))
+                        }
+                        Record::View(v) => Some(Event::ViewDurable(v.epoch)),
+                        _ => None,
+                    };
+                    if let Some(event) = durable_event {
                         let durable = self.log.wait_durable(lsn);
                         let tx = self.tx.clone();
                         tokio::spawn(async move {
                             match durable.await {
                                 Ok(()) => {
-                                    let _ = tx.send(Event::CommitDurable(batch));
+                                    let _ = tx.send(event);
                                 }
                                 Err(e) => fatal(e),
                             }
@@ -211,6 +274,22 @@ impl Driver {
                         tokio::time::sleep(timeout).await;
                         let _ = tx.send(Event::Timeout(batch));
                     });
+                }
+                Action::Suspected { id, reason } => {
+                    warn!(node = id, %reason, "member suspect; no more leases for it");
+                }
+                Action::ViewChanged { view, left, joined } => {
+                    let left: Vec<String> = left
+                        .iter()
+                        .map(|(id, why)| format!("{id} ({why})"))
+                        .collect();
+                    info!(
+                        epoch = view.epoch,
+                        members = ?view.ids().collect::<Vec<_>>(),
+                        left = %if left.is_empty() { "-".to_string() } else { left.join(", ") },
+                        joined = ?joined,
+                        "view change"
+                    );
                 }
             }
         }
@@ -259,6 +338,19 @@ async fn send(
                 Err(e) => Err(describe(&e)),
             };
             let _ = tx.send(Event::Vote(to, batch, vote));
+        }
+        Message::Revoke(req) => {
+            let epoch = req.epoch;
+            let answer = link
+                .call(|ch| async move { peer_conn(ch).revoke(ctx, req).await })
+                .await;
+            match answer {
+                Ok(Ok(())) => {
+                    let _ = tx.send(Event::Revoked(to, epoch));
+                }
+                Ok(Err(e)) => debug!(node = to, error = %e, "revoke refused"),
+                Err(e) => debug!(node = to, error = %describe(&e), "revoke not delivered"),
+            }
         }
         Message::Commit(req) | Message::Abort(req) => {
             let batch = req.batch;

@@ -1,5 +1,5 @@
 //! Start-up and shutdown of the coordinator: identity, log replay, a new
-//! durable epoch, then serving until told to stop.
+//! durable view (epoch), then serving until told to stop.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use quintet_common::clock;
 use quintet_common::identity::{self, Identity};
 use quintet_common::net::{self, Link};
-use quintet_common::protocol::coordinator::{BatchLimits, Coordinator, Record, Recovered};
+use quintet_common::protocol::coordinator::{self, BatchLimits, Coordinator, Record, Recovered};
 use quintet_common::rpc::{Admin, Coord, CoordinatorServe};
 use quintet_common::storage::{wal::Wal, writer::LogWriter};
 use quintet_common::types::{ClusterId, NodeId};
@@ -17,7 +18,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::config::Config;
-use crate::driver::{Driver, Event};
+use crate::driver::{Driver, Event, Settings};
 use crate::service::Handler;
 
 /// Runs the coordinator until `shutdown` resolves.
@@ -36,7 +37,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         records.push(r);
     }
     let cluster = match identity::load(&dir)? {
-        Some(Identity { cluster, node: 0 }) => cluster,
+        Some(Identity {
+            cluster, node: 0, ..
+        }) => cluster,
         Some(other) => anyhow::bail!(
             "data dir {} belongs to participant {}, not to a coordinator; pass another --data-dir",
             dir.display(),
@@ -48,19 +51,36 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         ),
         None => {
             let cluster = ClusterId(rand::random::<u64>() | 1);
-            identity::store(&dir, Identity { cluster, node: 0 })?;
+            identity::store(
+                &dir,
+                Identity {
+                    cluster,
+                    node: 0,
+                    incarnation: 0,
+                },
+            )?;
             info!(%cluster, "created a new cluster");
             cluster
         }
     };
     let recovered = Recovered::replay(records);
     let ids: Vec<NodeId> = (1..=config.participants.len() as NodeId).collect();
-    let limits = BatchLimits {
-        max_ops: config.max_batch_ops,
-        ..BatchLimits::default()
+    let cfg = coordinator::Config {
+        cluster,
+        participants: ids.clone(),
+        limits: BatchLimits {
+            max_ops: config.max_batch_ops,
+            ..BatchLimits::default()
+        },
+        lease: config.lease,
+        heartbeat: config.heartbeat,
+        min_members: config.min_participants,
+        queue_timeout: config.prepare_timeout * 4,
+        resend_every: Duration::from_secs(1),
     };
-    let (sm, actions) = Coordinator::start(cluster, ids.clone(), limits, recovered.clone());
+    let (sm, actions) = Coordinator::start(cfg, recovered.clone(), clock::now());
     let epoch = sm.epoch();
+    let view = sm.view().clone();
     let peers: BTreeMap<NodeId, Arc<_>> = ids
         .iter()
         .zip(&config.participants)
@@ -73,19 +93,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .collect();
     let listener = net::bind(&config.listen).await?;
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut driver = Driver::new(
-        sm,
-        LogWriter::spawn(wal),
+    let settings = Settings {
         peers,
-        tx.clone(),
-        config.prepare_timeout,
-        dir.clone(),
-        config.compact_mib.max(1) << 20,
-    );
+        prepare_timeout: config.prepare_timeout,
+        tick_every: (config.heartbeat / 2).max(Duration::from_millis(10)),
+        dir: dir.clone(),
+        compact_bytes: config.compact_mib.max(1) << 20,
+    };
+    let mut driver = Driver::new(sm, LogWriter::spawn(wal), tx.clone(), settings);
     driver.start(actions).await;
     info!(
         %cluster,
         epoch,
+        members = ?view.ids().collect::<Vec<_>>(),
+        min_participants = config.min_participants,
         committed = recovered.committed,
         unacked = recovered.unacked.len(),
         listen = %config.listen,
@@ -96,7 +117,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let handler = Handler {
         events: tx.clone(),
         cluster,
-        participants: ids.len() as u32,
+        addresses: Arc::new(config.participants.clone()),
         ready: ready.clone(),
     };
     net::serve(listener, shutdown, move |transport| {

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use quintet_common::error::Error;
 use quintet_common::rpc::{
-    Admin, Coord, CoordinatorStatus, Decision, Health, RegisterReply, RegisterRequest,
-    ResolveRequest,
+    Admin, Coord, CoordinatorStatus, Decision, Health, RegisterReply, RegisterRequest, RenewReply,
+    RenewRequest, ResolveRequest,
 };
 use quintet_common::types::{ClusterId, NodeId, Op, OpResult};
 use tarpc::context::Context;
@@ -25,8 +25,8 @@ pub struct Handler {
     pub events: mpsc::UnboundedSender<Event>,
     /// This cluster.
     pub cluster: ClusterId,
-    /// Number of participants (ids 1..=n).
-    pub participants: u32,
+    /// Participant addresses as configured (id i at index i-1).
+    pub addresses: Arc<Vec<String>>,
     /// False once stopping.
     pub ready: Arc<AtomicBool>,
 }
@@ -71,19 +71,31 @@ impl Admin for Handler {
 
 impl Coord for Handler {
     async fn register(self, _: Context, req: RegisterRequest) -> Result<RegisterReply, Error> {
-        if req.id == 0 || req.id > self.participants {
+        let n = self.addresses.len() as u32;
+        if req.id == 0 || req.id > n {
             return Err(Error::ClusterMismatch(format!(
-                "this coordinator has participants 1..={}; id {} is not one of them (check --id and --participants)",
-                self.participants, req.id
+                "this coordinator has participants 1..={n}; id {} is not one of them (check --id and --participants)",
+                req.id
             )));
         }
         if let Some(c) = req.cluster {
             self.check_cluster(c, req.id)?;
         }
-        let status = self.ask(Event::Status).await?;
+        // Catch-up sources are given out by the address a participant
+        // advertises, else by the one this coordinator reaches it on.
+        let advertise = if req.advertise.is_empty() {
+            self.addresses[req.id as usize - 1].clone()
+        } else {
+            req.advertise.clone()
+        };
+        let status = self
+            .ask(|tx| Event::Register(req.id, advertise.clone(), tx))
+            .await??;
         info!(
             node = req.id,
+            incarnation = %format!("{:016x}", req.incarnation),
             applied = req.applied,
+            %advertise,
             "participant registered"
         );
         Ok(RegisterReply {
@@ -91,6 +103,10 @@ impl Coord for Handler {
             epoch: status.epoch,
             committed: status.committed,
         })
+    }
+
+    async fn renew(self, _: Context, req: RenewRequest) -> Result<RenewReply, Error> {
+        self.ask(|tx| Event::Renew(Box::new(req), tx)).await?
     }
 
     async fn submit(self, _: Context, op: Op) -> Result<OpResult, Error> {
@@ -103,7 +119,8 @@ impl Coord for Handler {
 
     async fn resolve(self, _: Context, req: ResolveRequest) -> Result<Decision, Error> {
         self.check_cluster(req.cluster, req.from)?;
-        self.ask(|tx| Event::Resolve(req.batch, tx)).await?
+        self.ask(|tx| Event::Resolve(req.from, req.incarnation, req.batch, tx))
+            .await?
     }
 
     async fn status(self, _: Context) -> Result<CoordinatorStatus, Error> {

@@ -24,6 +24,17 @@ pub struct Config {
     #[arg(long, env = "QUINTET_COORDINATOR", default_value = "127.0.0.1:7700")]
     pub coordinator: String,
 
+    /// The address other participants reach this one on to catch up from it
+    /// [default: --listen, unless it listens on all interfaces; then the
+    /// coordinator's address for it].
+    #[arg(long, env = "QUINTET_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// How often to renew the lease with the coordinator (H). Must match
+    /// the coordinator's --heartbeat.
+    #[arg(long, env = "QUINTET_HEARTBEAT", default_value = "100ms", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+
     /// Data directory [default: ./quintet-data/participant-ID].
     #[arg(long, env = "QUINTET_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -55,6 +66,20 @@ impl Config {
         self.listen
             .clone()
             .unwrap_or_else(|| format!("127.0.0.1:{}", 7700 + self.id))
+    }
+
+    /// The address to advertise for catch-up, or empty to let the
+    /// coordinator use its own address for this replica.
+    pub fn advertise_addr(&self) -> String {
+        if let Some(a) = &self.advertise {
+            return a.clone();
+        }
+        let listen = self.listen_addr();
+        let host = listen.rsplit_once(':').map_or("", |(h, _)| h);
+        match host.trim_matches(|c| c == '[' || c == ']') {
+            "0.0.0.0" | "::" | "" => String::new(),
+            _ => listen,
+        }
     }
 
     /// The data dir after defaults.

@@ -1,5 +1,6 @@
 //! `quintet-participant`: one replica of a quintet cluster.
 
+mod catchup;
 mod config;
 mod node;
 mod server;

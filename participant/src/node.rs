@@ -8,31 +8,42 @@
 //! reached the disk. Waiting happens after the lock is released, so fsyncs
 //! batch across concurrent requests, and a cancelled handler loses nothing:
 //! its records are already with the writer thread.
+//!
+//! Time: the boot clock is read under the state lock right before a
+//! linearizable read checks the lease, and again after every wait, so a
+//! process paused between the two can never answer from an expired lease.
+//! The heartbeat loop notes the time *before* each renewal leaves, which is
+//! what the lease is measured from. Catch-up (both sides) is in
+//! [`crate::catchup`].
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use quintet_common::clock;
 use quintet_common::error::Error;
 use quintet_common::net::{Link, context_with_timeout};
 use quintet_common::protocol::participant::{Participant, Read, Record, Step};
 use quintet_common::rpc::{
-    CoordinatorRequest, CoordinatorResponse, Decision, GetReply, Health, ParticipantStatus,
-    RegisterReply, RegisterRequest, ResolveRequest, WriteReply, coord_conn,
+    CatchupState, CatchupStatus, CoordinatorRequest, CoordinatorResponse, Decision, GetReply,
+    Health, ParticipantStatus, RegisterReply, RegisterRequest, RenewRequest, ResolveRequest, Role,
+    WriteReply, coord_conn,
 };
 use quintet_common::storage::{snapshot, wal, writer::LogWriter};
 use quintet_common::store::digest_hex;
 use quintet_common::types::{BatchId, Limits, NodeId, Op, ReadLevel, validate_key};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
+
+use crate::catchup::{CatchupTask, Transfers};
 
 /// Link to the coordinator.
 pub type CoordinatorLink = Link<CoordinatorRequest, CoordinatorResponse>;
 
-struct Inner {
-    sm: Participant,
-    log: LogWriter,
+pub(crate) struct Inner {
+    pub(crate) sm: Participant,
+    pub(crate) log: LogWriter,
 }
 
 /// A running replica.
@@ -43,10 +54,13 @@ pub struct Node {
     coordinator: CoordinatorLink,
     limits: Limits,
     read_timeout: Duration,
-    data_dir: PathBuf,
+    heartbeat: Duration,
+    pub(crate) data_dir: PathBuf,
     snapshot_bytes: u64,
-    snapshotting: Arc<AtomicBool>,
-    ready: AtomicBool,
+    pub(crate) snapshotting: Arc<AtomicBool>,
+    registered: AtomicBool,
+    pub(crate) catchup: Mutex<CatchupTask>,
+    pub(crate) transfers: Transfers,
 }
 
 /// What the node needs besides its state.
@@ -57,6 +71,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Bound on a linearizable read's wait.
     pub read_timeout: Duration,
+    /// Lease renewal interval.
+    pub heartbeat: Duration,
     /// Where snapshots go.
     pub data_dir: PathBuf,
     /// Snapshot after this many bytes of log.
@@ -66,6 +82,11 @@ pub struct Settings {
 pub(crate) fn encode(record: &Record) -> Vec<u8> {
     // Serializing plain structs into a Vec cannot fail.
     bincode::serialize(record).unwrap_or_default()
+}
+
+pub(crate) fn fatal_log(id: NodeId, e: impl std::fmt::Display) -> ! {
+    error!(node = id, error = %e, "the write-ahead log failed; stopping to protect the data");
+    std::process::exit(1);
 }
 
 impl Node {
@@ -83,17 +104,24 @@ impl Node {
             coordinator,
             limits: settings.limits,
             read_timeout: settings.read_timeout,
+            heartbeat: settings.heartbeat,
             data_dir: settings.data_dir,
             snapshot_bytes: settings.snapshot_bytes,
             snapshotting: Arc::new(AtomicBool::new(false)),
-            ready: AtomicBool::new(false),
+            registered: AtomicBool::new(false),
+            catchup: Mutex::new(CatchupTask::default()),
+            transfers: Transfers::default(),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock ends the process (see
         // telemetry::exit_on_panic), so a poisoned lock is never observed.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn task(&self) -> MutexGuard<'_, CatchupTask> {
+        self.catchup.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Feeds one input to the state machine, persists what it asks for and
@@ -110,13 +138,17 @@ impl Node {
             (step.reply, step.decided, durable)
         };
         if decided {
-            self.decided.send_modify(|n| *n += 1);
+            self.wake_readers();
         }
         if let Err(e) = durable.await {
-            error!(node = self.id, error = %e, "the write-ahead log failed; stopping to protect the data");
-            std::process::exit(1);
+            fatal_log(self.id, e);
         }
         Ok(reply)
+    }
+
+    /// Lets reads blocked on an undecided batch look again.
+    pub(crate) fn wake_readers(&self) {
+        self.decided.send_modify(|n| *n += 1);
     }
 
     fn maybe_snapshot(&self, g: &mut Inner) {
@@ -163,13 +195,14 @@ impl Node {
         self.id
     }
 
-    /// Marks the node ready (registered and serving) or not.
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Release);
+    /// Marks the node registered (or, at shutdown, not serving).
+    pub fn set_registered(&self, registered: bool) {
+        self.registered.store(registered, Ordering::Release);
     }
 
     /// Reads a key; a linearizable read waits (bounded) for an undecided
-    /// write of the key.
+    /// write of the key, and checks membership and the lease each time it
+    /// looks.
     pub async fn get(&self, key: Vec<u8>, level: ReadLevel) -> Result<GetReply, Error> {
         validate_key(&key)?;
         let deadline = Instant::now() + self.read_timeout;
@@ -177,7 +210,10 @@ impl Node {
         loop {
             let (read, applied) = {
                 let g = self.lock();
-                (g.sm.read(&key, level)?, g.sm.store().applied())
+                (
+                    g.sm.read(&key, level, clock::now())?,
+                    g.sm.store().applied(),
+                )
             };
             match read {
                 Read::Value(value) => return Ok(GetReply { value, applied }),
@@ -218,6 +254,7 @@ impl Node {
 
     /// Status for operators.
     pub fn status(&self) -> ParticipantStatus {
+        let catchup = self.task().status();
         let g = self.lock();
         let store = g.sm.store();
         ParticipantStatus {
@@ -228,22 +265,72 @@ impl Node {
             pending: g.sm.pending().map(|p| p.batch.id).into_iter().collect(),
             keys: store.len() as u64,
             current: g.sm.is_current(),
+            incarnation: g.sm.incarnation(),
+            epoch: g.sm.view().epoch,
+            member: g.sm.is_member() && !g.sm.is_catching_up(),
+            lease_ms: g.sm.lease_left(clock::now()).map(|d| d.as_millis() as u64),
+            catchup,
         }
     }
 
-    /// Health for probes.
+    /// Health for probes: ready means a member holding a lease, i.e. a
+    /// replica that serves linearizable reads.
     pub fn health(&self) -> Health {
-        let ready = self.ready.load(Ordering::Acquire);
+        let task: Option<CatchupStatus> = self.task().status();
+        let (member, lease, epoch) = {
+            let g = self.lock();
+            (
+                g.sm.is_member() && !g.sm.is_catching_up(),
+                g.sm.lease_left(clock::now()).is_some(),
+                g.sm.view().epoch,
+            )
+        };
+        let detail = if !self.registered.load(Ordering::Acquire) {
+            "not registered with the coordinator yet".to_string()
+        } else if let Some(c) = task {
+            format!(
+                "learner: catching up ({}) from participant {}, {} of {} bytes, {} batches",
+                c.phase,
+                c.source,
+                c.progress.bytes_done,
+                c.progress.bytes_total,
+                c.progress.batches
+            )
+        } else if !member {
+            format!("learner: not a member of view {epoch} yet")
+        } else if !lease {
+            "member without a lease: it cannot reach the coordinator".to_string()
+        } else {
+            String::new()
+        };
         Health {
             role: "participant".into(),
             id: self.id,
-            ready,
-            detail: if ready {
-                String::new()
-            } else {
-                "not registered with the coordinator yet".into()
-            },
+            ready: detail.is_empty(),
+            detail,
         }
+    }
+
+    /// Ends the lease at once, if the revoke is meant for this replica.
+    pub fn revoke(&self, req: quintet_common::rpc::RevokeRequest) -> Result<(), Error> {
+        let mut g = self.lock();
+        match g.sm.cluster() {
+            Some(c) if c == req.cluster && req.to == self.id => {}
+            _ => {
+                return Err(Error::ClusterMismatch(format!(
+                    "revoke for replica {} of cluster {} reached replica {}",
+                    req.to, req.cluster, self.id
+                )));
+            }
+        }
+        g.sm.revoke(req.incarnation)?;
+        drop(g);
+        info!(
+            node = self.id,
+            epoch = req.epoch,
+            "lease revoked by the coordinator"
+        );
+        Ok(())
     }
 
     /// The coordinator link, for status forwarding.
@@ -253,22 +340,29 @@ impl Node {
 
     /// Introduces this replica to the coordinator, retrying until `patience`
     /// runs out. Identity conflicts fail at once.
-    pub async fn register(&self, patience: Duration) -> anyhow::Result<RegisterReply> {
+    pub async fn register(
+        &self,
+        patience: Duration,
+        advertise: String,
+    ) -> anyhow::Result<RegisterReply> {
         let deadline = Instant::now() + patience;
         let req = {
             let g = self.lock();
             RegisterRequest {
                 id: self.id,
                 cluster: g.sm.cluster(),
+                incarnation: g.sm.incarnation(),
                 applied: g.sm.store().applied(),
+                advertise,
             }
         };
         let mut warned = false;
         loop {
             let ctx = context_with_timeout(Duration::from_secs(5));
+            let r = req.clone();
             match self
                 .coordinator
-                .call(|ch| async move { coord_conn(ch).register(ctx, req).await })
+                .call(|ch| async move { coord_conn(ch).register(ctx, r).await })
                 .await
             {
                 Ok(Ok(reply)) => {
@@ -292,6 +386,102 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Renews the lease every heartbeat, and starts a catch-up when the
+    /// coordinator says this replica is a learner. The time is noted before
+    /// each request leaves: the lease counts from then.
+    pub async fn heartbeat_loop(self: Arc<Self>) {
+        let mut failing = false;
+        let mut next = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep_until(next).await;
+            next = tokio::time::Instant::now() + self.heartbeat;
+            self.transfers.expire(self.as_ref());
+            let Some(req) = self.renew_request() else {
+                continue;
+            };
+            let t0 = clock::now();
+            let ctx = context_with_timeout((self.heartbeat * 5).max(Duration::from_millis(500)));
+            let answer = self
+                .coordinator
+                .call(|ch| async move { coord_conn(ch).renew(ctx, req).await })
+                .await;
+            let reply = match answer {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => {
+                    if !failing {
+                        warn!(node = self.id, error = %e, "the coordinator refused the lease renewal");
+                    }
+                    failing = true;
+                    continue;
+                }
+                Err(e) => {
+                    if !failing {
+                        warn!(node = self.id, error = %e, "cannot renew the lease; linearizable reads stop when it runs out");
+                    }
+                    failing = true;
+                    continue;
+                }
+            };
+            if failing {
+                info!(node = self.id, "lease renewals get through again");
+                failing = false;
+            }
+            let was_member = {
+                let mut g = self.lock();
+                let before = g.sm.is_member();
+                g.sm.granted(t0, &reply);
+                if before && !g.sm.is_member() {
+                    Some(g.sm.view().epoch)
+                } else {
+                    None
+                }
+            };
+            if let Some(epoch) = was_member {
+                info!(
+                    node = self.id,
+                    epoch, "dropped from the view; catching up as a learner"
+                );
+                self.wake_readers();
+            }
+            match reply.role {
+                Role::Member => self.task().joined(self.id),
+                Role::Learner { source } => {
+                    let (out_of_sync, behind) = {
+                        let g = self.lock();
+                        let behind =
+                            g.sm.pending().is_none() && g.sm.store().applied() < reply.committed;
+                        (g.sm.is_out_of_sync(), behind)
+                    };
+                    if let Some(source) = source
+                        && self.task().should_start(out_of_sync, behind)
+                    {
+                        tokio::spawn(crate::catchup::run(self.clone(), source));
+                    }
+                }
+            }
+        }
+    }
+
+    fn renew_request(&self) -> Option<RenewRequest> {
+        let catchup = self.task().state();
+        let g = self.lock();
+        let cluster = g.sm.cluster()?;
+        Some(RenewRequest {
+            cluster,
+            id: self.id,
+            incarnation: g.sm.incarnation(),
+            epoch: g.sm.view().epoch,
+            applied: g.sm.store().applied(),
+            digest: g.sm.store().digest(),
+            pending: g.sm.pending().map(|p| p.batch.id),
+            catchup: if g.sm.is_out_of_sync() && matches!(catchup, CatchupState::Following) {
+                CatchupState::Idle
+            } else {
+                catchup
+            },
+        })
     }
 
     /// Settles batches that stay prepared: a batch still pending at two
@@ -318,12 +508,17 @@ impl Node {
     }
 
     async fn resolve(&self, batch: BatchId) {
-        let Some(cluster) = self.lock().sm.cluster() else {
-            return;
+        let (cluster, incarnation) = {
+            let g = self.lock();
+            let Some(cluster) = g.sm.cluster() else {
+                return;
+            };
+            (cluster, g.sm.incarnation())
         };
         let req = ResolveRequest {
             cluster,
             from: self.id,
+            incarnation,
             batch,
         };
         let ctx = context_with_timeout(Duration::from_secs(2));
@@ -333,6 +528,10 @@ impl Node {
             .await
         {
             Ok(Ok(Decision::Pending)) => {}
+            Ok(Ok(Decision::Unknown)) => {
+                debug!(node = self.id, %batch, "the coordinator no longer knows the batch; the next prepare or a catch-up settles it");
+                let _ = self.step(|sm| sm.resolved(batch, Decision::Unknown)).await;
+            }
             Ok(Ok(decision)) => {
                 info!(node = self.id, %batch, ?decision, "resolved in-doubt batch");
                 let _ = self.step(|sm| sm.resolved(batch, decision)).await;

@@ -1,5 +1,7 @@
 //! Start-up and shutdown of a participant: open and replay the data dir,
-//! register with the coordinator, serve until told to stop, flush.
+//! register with the coordinator, renew the lease every heartbeat (which
+//! also starts a catch-up when the coordinator says this is a learner),
+//! serve until told to stop, flush.
 
 use std::future::Future;
 use std::path::Path;
@@ -63,7 +65,13 @@ pub fn open_state(
         records.push(r);
     }
     let count = records.len();
-    let sm = Participant::restore(id, limits, snapshot, records).map_err(|e| {
+    // A data dir without an identity is new: it gets a new incarnation, so
+    // the coordinator never takes it for the replica it replaces.
+    let incarnation = match ident {
+        Some(i) => i.incarnation,
+        None => rand::random::<u64>() | 1,
+    };
+    let sm = Participant::restore(id, incarnation, limits, snapshot, records).map_err(|e| {
         anyhow::anyhow!(
             "the log in {} is inconsistent: {e}; the data dir is damaged",
             dir.display()
@@ -71,6 +79,7 @@ pub fn open_state(
     })?;
     info!(
         node = id,
+        incarnation = %format!("{incarnation:016x}"),
         applied = sm.store().applied(),
         records = count,
         pending = ?sm.pending().map(|p| p.batch.id),
@@ -97,11 +106,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         id: config.id,
         limits,
         read_timeout: config.read_timeout,
+        heartbeat: config.heartbeat,
         data_dir: dir.clone(),
         snapshot_bytes: config.snapshot_mib.max(1) << 20,
     };
     let node = Node::new(settings, sm, log, link);
-    let reply = node.register(config.startup_timeout).await?;
+    let reply = node
+        .register(config.startup_timeout, config.advertise_addr())
+        .await?;
     match ident {
         Some(i) if i.cluster != reply.cluster => anyhow::bail!(
             "data dir {} belongs to cluster {}, but the coordinator at {} runs cluster {}; point --coordinator at the right cluster",
@@ -116,11 +128,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             Identity {
                 cluster: reply.cluster,
                 node: config.id,
+                incarnation: node.lock().sm.incarnation(),
             },
         )
         .context("cannot record the cluster id")?,
     }
-    node.set_ready(true);
+    node.set_registered(true);
     info!(
         node = config.id,
         listen = %config.listen_addr(),
@@ -130,6 +143,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         "participant ready"
     );
     let resolver = tokio::spawn(node.clone().resolve_loop(Duration::from_millis(500)));
+    let heartbeat = tokio::spawn(node.clone().heartbeat_loop());
     let handler = Handler(node.clone());
     net::serve(listener, shutdown, move |transport| {
         let service = ParticipantServe {
@@ -140,8 +154,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         quintet_common::execute!(transport, service)
     })
     .await;
-    node.set_ready(false);
+    node.set_registered(false);
     resolver.abort();
+    heartbeat.abort();
     node.flush().await;
     info!(node = config.id, "participant stopped");
     Ok(())

@@ -1,7 +1,8 @@
 //! The tarpc services a participant serves on its port: `Admin`, `Kv` for
-//! clients and `Peer` for the coordinator. Each method is a thin adapter to
-//! [`Node`]; all of them are cancel-safe because the node hands records to
-//! the log writer before awaiting anything.
+//! clients and `Peer` for the coordinator and for learners catching up.
+//! Each method is a thin adapter to [`Node`] (or its catch-up
+//! [`crate::catchup::Transfers`]); all of them are cancel-safe because the
+//! node hands records to the log writer before awaiting anything.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,8 +10,9 @@ use std::time::{Duration, Instant};
 use quintet_common::error::Error;
 use quintet_common::net::context_with_timeout;
 use quintet_common::rpc::{
-    Admin, CoordinatorStatus, DecisionRequest, GetReply, Health, Kv, ParticipantStatus, Peer,
-    PrepareRequest, Vote, WriteReply, coord_conn,
+    Admin, CatchupPlan, CatchupRequest, ChunkRequest, CoordinatorStatus, DecisionRequest, GetReply,
+    Health, Kv, LogChunk, LogRequest, ParticipantStatus, Peer, PrepareRequest, RevokeRequest,
+    SnapshotChunk, Vote, WriteReply, coord_conn,
 };
 use quintet_common::types::{Op, ReadLevel};
 use tarpc::context::Context;
@@ -70,8 +72,10 @@ impl Peer for Handler {
         let span = info_span!("prepare", node = self.0.id(), batch = %req.batch.id, version = req.batch.first_version);
         async move {
             let vote = self.0.step(|sm| sm.prepare(&req)).await?;
-            if let Ok(Vote::No(reason)) = &vote {
-                tracing::warn!(%reason, "voted no");
+            match &vote {
+                Ok(Vote::No(reason)) => tracing::warn!(%reason, "voted no"),
+                Ok(Vote::OutOfSync(reason)) => tracing::info!(%reason, "cannot vote: out of sync"),
+                _ => {}
             }
             vote
         }
@@ -89,5 +93,21 @@ impl Peer for Handler {
         self.0
             .step(|sm| sm.abort(req.cluster, req.to, req.batch))
             .await?
+    }
+
+    async fn revoke(self, _: Context, req: RevokeRequest) -> Result<(), Error> {
+        self.0.revoke(req)
+    }
+
+    async fn catchup_begin(self, _: Context, req: CatchupRequest) -> Result<CatchupPlan, Error> {
+        self.0.transfers.begin(&self.0, req).await
+    }
+
+    async fn catchup_chunk(self, _: Context, req: ChunkRequest) -> Result<SnapshotChunk, Error> {
+        self.0.transfers.chunk(&self.0, req)
+    }
+
+    async fn catchup_log(self, _: Context, req: LogRequest) -> Result<LogChunk, Error> {
+        self.0.transfers.log(&self.0, req)
     }
 }

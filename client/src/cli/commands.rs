@@ -357,5 +357,6 @@ pub async fn health(ctx: &Ctx, a: &HealthArgs) -> Result<Reply, Failure> {
         Err(ClientError::Server { error, .. }) => {
             Err(Failure::failed(format!("{}: {error}", a.addr)))
         }
+        Err(e @ ClientError::Refused { .. }) => Err(Failure::failed(format!("{}: {e}", a.addr))),
     }
 }

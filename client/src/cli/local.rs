@@ -2,19 +2,21 @@
 //!
 //! The work is done by [`LocalCluster`]; this file is the operator's view of
 //! it: print where everything is (endpoints, data, logs, an `export` line to
-//! paste), then wait for either Ctrl-C/SIGTERM (stop every child cleanly,
-//! participants first, exit 0) or a child dying on its own (say which and
-//! where its log is, stop the rest, exit non-zero) — a half-dead cluster left
-//! running would only confuse whoever is using it.
+//! paste), then keep the cluster running until Ctrl-C/SIGTERM (stop every
+//! child cleanly, participants first, exit 0). A child that exits on its
+//! own is reported with its log and started again after a second on the
+//! same data dir and port, like compose's `restart: unless-stopped`, so
+//! killing one by hand shows what the cluster does about it: writes go on
+//! at the others, and the child rejoins. `--no-restart` leaves it down.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use quintet_client::local::{LocalCluster, LocalOptions, Node};
 
+use super::EXIT_OK;
 use super::commands::{Ctx, Failure};
-use super::{EXIT_FAILED, EXIT_OK};
 
 /// Arguments of `local`.
 #[derive(Args, Debug, Clone)]
@@ -29,7 +31,13 @@ pub struct LocalArgs {
     #[arg(long, env = "QUINTET_PARTICIPANTS", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..=7))]
     pub participants: u32,
+    /// Leave a child that exits down instead of starting it again after 1 s.
+    #[arg(long)]
+    pub no_restart: bool,
 }
+
+/// How long a child that exited stays down before it is started again.
+const RESTART_AFTER: Duration = Duration::from_secs(1);
 
 /// How long each process may take to become ready.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -62,50 +70,62 @@ pub async fn run(_ctx: &Ctx, a: LocalArgs) -> Result<i32, Failure> {
 
     let stop = quintet_common::shutdown::signal();
     tokio::pin!(stop);
-    let dead = loop {
+    // Children that exited, and when to start each again (never with --no-restart).
+    let mut down: Vec<(Node, Option<Instant>)> = Vec::new();
+    loop {
         tokio::select! {
             biased;
-            _ = &mut stop => break Vec::new(),
+            _ = &mut stop => break,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
-        let dead: Vec<Node> = cluster
-            .nodes()
-            .into_iter()
-            .filter(|n| !cluster.is_running(*n))
+        for node in cluster.nodes() {
+            if down.iter().any(|(n, _)| *n == node) || cluster.is_running(node) {
+                continue;
+            }
+            let log = cluster.log_file(node);
+            if a.no_restart {
+                eprintln!(
+                    "{node} exited; leaving it down (--no-restart); see its log {}",
+                    log.display()
+                );
+                down.push((node, None));
+            } else {
+                eprintln!(
+                    "{node} exited; starting it again in {}s; see its log {}",
+                    RESTART_AFTER.as_secs(),
+                    log.display()
+                );
+                down.push((node, Some(Instant::now() + RESTART_AFTER)));
+            }
+        }
+        let due: Vec<Node> = down
+            .iter()
+            .filter(|(_, at)| at.is_some_and(|at| Instant::now() >= at))
+            .map(|(n, _)| *n)
             .collect();
-        if dead.is_empty() {
-            continue;
+        for node in due {
+            down.retain(|(n, _)| *n != node);
+            match cluster.start_node(node) {
+                Ok(()) => println!(
+                    "started {node} again (pid {})",
+                    cluster.pid(node).unwrap_or_default()
+                ),
+                Err(e) => {
+                    eprintln!("error: cannot start {node} again: {e:#}; retrying in 1s");
+                    down.push((node, Some(Instant::now() + RESTART_AFTER)));
+                }
+            }
         }
-        // A Ctrl-C on the terminal reaches the children too, and one may exit
-        // before our own signal handler runs: give the signal a moment to
-        // arrive before calling this a crash.
-        tokio::select! {
-            biased;
-            _ = &mut stop => break Vec::new(),
-            _ = tokio::time::sleep(Duration::from_millis(500)) => break dead,
-        }
-    };
-
-    if !dead.is_empty() {
-        for node in &dead {
-            eprintln!(
-                "error: {node} exited unexpectedly; see its log {}",
-                cluster.log_file(*node).display()
-            );
-        }
-    } else {
-        println!("stopping ...");
     }
-    let unclean = tokio::task::block_in_place(|| stop_all(&mut cluster, &dead));
+
+    println!("stopping ...");
+    let unclean = tokio::task::block_in_place(|| stop_all(&mut cluster));
     if temporary {
         println!("removing {}", cluster.dir().display());
     } else {
         println!("data kept in {}", cluster.dir().display());
     }
     drop(cluster);
-    if !dead.is_empty() {
-        return Ok(EXIT_FAILED);
-    }
     if !unclean.is_empty() {
         return Err(Failure::failed(format!(
             "{} did not stop cleanly; see the logs",
@@ -117,12 +137,12 @@ pub async fn run(_ctx: &Ctx, a: LocalArgs) -> Result<i32, Failure> {
 }
 
 /// Stops every live node, participants first; returns the ones that did not exit cleanly.
-fn stop_all(cluster: &mut LocalCluster, dead: &[Node]) -> Vec<String> {
+fn stop_all(cluster: &mut LocalCluster) -> Vec<String> {
     let mut order = cluster.nodes();
     order.reverse();
     let mut unclean = Vec::new();
     for node in order {
-        if dead.contains(&node) {
+        if !cluster.is_running(node) {
             continue;
         }
         match cluster.stop(node, STOP_GRACE) {
@@ -154,5 +174,5 @@ fn print_banner(cluster: &LocalCluster, temporary: bool) {
     println!("data dir: {dir}{note}");
     println!("log dir:  {}", cluster.dir().join("logs").display());
     println!("export QUINTET_ENDPOINTS={}", cluster.endpoints().join(","));
-    println!("press Ctrl-C to stop every process");
+    println!("press Ctrl-C to stop every process; a process that exits is started again after 1s");
 }

@@ -1,33 +1,69 @@
-//! The coordinator's side of 2PC: sequencing, group commit and the decision.
+//! The coordinator's side of 2PC: sequencing, group commit, the decision,
+//! and the membership of the view (leases, drops, learners joining).
 //!
-//! Writes queue until the round in flight ends, then go out together as the
-//! next batch (group commit), so a busy cluster pays one prepare and one
-//! decision fsync for many writes. One round runs at a time: its prepare
-//! carries the id of the last committed batch, which settles a batch a
-//! participant still holds if a commit or abort message was lost.
+//! **Rounds.** Writes queue until the round in flight ends, then go out
+//! together as the next batch (group commit). One round runs at a time: its
+//! prepare carries the id of the last committed batch, which settles a batch
+//! a participant still holds if a commit or abort message was lost. The
+//! decision is COMMIT only when every *member of the view* voted YES with the
+//! same results and digest; the COMMIT record must be durable
+//! ([`Action::Persist`], then [`Coordinator::commit_durable`]) before any
+//! client hears of it. Abort is presumed: nothing is logged.
 //!
-//! The decision is COMMIT only when every participant voted YES with the same
-//! results; the COMMIT record must be durable ([`Action::Persist`], then
-//! [`Coordinator::commit_durable`]) before any client hears of it. Abort is
-//! presumed: nothing is logged, so a batch without a COMMIT record in the log
-//! is aborted, and a restart bumps the epoch so no batch id is ever reused.
+//! **Views.** A view is `(epoch, members)`; every start and every view
+//! change bumps the epoch and persists a VIEW record, and no prepare of an
+//! epoch leaves before its VIEW record is durable
+//! ([`Coordinator::view_durable`]). Members renew a lease every heartbeat
+//! ([`Coordinator::renew`]). A member is dropped only when all of these hold
+//! (DESIGN.md): it is suspect (missed renewals, a failed or timed-out
+//! prepare, an out-of-sync vote, or a new incarnation of it registered); no
+//! lease is granted to it any more; its last lease has surely expired
+//! (`now >= t_g + D'`) or it acknowledged a revoke; at least
+//! `min_members` remain; and the new VIEW record is durable before any
+//! prepare of it. A round still preparing when a member turns suspect is
+//! aborted without telling its clients and re-proposed in the next view:
+//! they only see latency. Because the drop waits for the lease, no batch of
+//! the new view can commit while the dropped replica may still serve reads.
 //!
-//! `T` is the driver's reply handle for a waiting client (a oneshot sender in
-//! the binary, a plain number in tests).
+//! **Learners.** A participant that is not a member renews too; it is told
+//! to copy a member (its *source*). Once it reports it has caught up
+//! (`Following`), it receives prepares as a non-voter (with the previous
+//! committed batch, so one batch behind is not a gap). It joins in a VIEW
+//! record at a batch boundary, never while it is copying: when it voted
+//! YES with the members' results and digest on the batch just committed,
+//! or, with no round in flight, when its applied version and digest are the
+//! committed ones. The latter is also how a new cluster forms: the first
+//! view has no members and nothing to copy, and every participant joins
+//! with nothing applied.
+//!
+//! **Resolve.** Once members can be dropped, a batch the coordinator does
+//! not know any more may have committed without the asker (its ack was no
+//! longer awaited). Presumed abort is answered only to a member that has
+//! been one without a break since that batch's epoch, which could not have
+//! been skipped; everyone else hears "unknown, catch up".
+//!
+//! Time enters as a [`Time`] argument; `T` is the driver's reply handle for
+//! a waiting client (a oneshot sender in the binary, a number in tests).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::view::{Incarnation, Member, View, grantor_bound};
+use crate::clock::Time;
 use crate::error::Error;
-use crate::rpc::{CoordinatorStatus, Decision, DecisionRequest, PrepareRequest, Vote};
+use crate::rpc::{
+    CatchupState, CoordinatorStatus, Decision, DecisionRequest, LearnerStatus, MemberStatus,
+    PrepareRequest, RenewReply, RenewRequest, RevokeRequest, Role, Source, Vote,
+};
 use crate::types::{Batch, BatchId, ClusterId, NodeId, Op, OpResult, Version};
 
 /// A record of the coordinator's decision log.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
 pub enum Record {
-    /// The coordinator started in this epoch; forced before serving.
-    Epoch(u64),
+    /// The view of an epoch; forced before any prepare of that epoch.
+    View(View),
     /// The batch is committed with versions `first..=last`; forced before any reply.
     Commit {
         /// The batch.
@@ -36,19 +72,24 @@ pub enum Record {
         first: Version,
         /// Its last version.
         last: Version,
+        /// The members' state digest after it.
+        digest: u128,
     },
-    /// Every participant acknowledged the commit; the record may be forgotten.
+    /// Every replica that could ask about it acknowledged the commit; the
+    /// record may be forgotten.
     Acked(BatchId),
     /// Everything still needed from older segments, written first in a new
     /// segment so the older ones can be deleted.
     Checkpoint {
-        /// Epoch at checkpoint time.
-        epoch: u64,
+        /// The newest view.
+        view: View,
         /// Highest committed version.
         committed: Version,
         /// Last committed batch.
         last_committed: Option<BatchId>,
-        /// Committed batches not acknowledged by every participant.
+        /// Digest after it.
+        digest: u128,
+        /// Committed batches not acknowledged by everyone.
         unacked: Vec<BatchId>,
     },
 }
@@ -62,15 +103,19 @@ pub enum Message {
     Commit(DecisionRequest),
     /// Phase 2, abort.
     Abort(DecisionRequest),
+    /// End the lease of a suspect member now.
+    Revoke(RevokeRequest),
 }
 
 /// Something the driver must do, in the order given.
 #[derive(Debug)]
 pub enum Action<T> {
-    /// Make the record durable. For a `Commit` record, call
-    /// [`Coordinator::commit_durable`] once it is.
+    /// Make the record durable. For a `Commit` record call
+    /// [`Coordinator::commit_durable`] once it is, for a `View` record
+    /// [`Coordinator::view_durable`]. Sends that follow a persist in the
+    /// same list wait for it.
     Persist(Record),
-    /// Send a message; report the answer with `vote` or `acked`.
+    /// Send a message; report the answer with `vote`, `acked` or `revoked`.
     Send {
         /// Recipient.
         to: NodeId,
@@ -86,6 +131,23 @@ pub enum Action<T> {
     },
     /// Call [`Coordinator::prepare_timeout`] for this batch after the prepare timeout.
     ArmTimer(BatchId),
+    /// A member became suspect (for the log).
+    Suspected {
+        /// The member.
+        id: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// A new view was proposed (for the log; its VIEW record is in a
+    /// `Persist` just before).
+    ViewChanged {
+        /// The new view.
+        view: View,
+        /// Members dropped, with the reason each was suspect.
+        left: Vec<(NodeId, String)>,
+        /// Learners that joined.
+        joined: Vec<NodeId>,
+    },
 }
 
 /// Bounds on a batch and on the queue behind it.
@@ -109,6 +171,45 @@ impl Default for BatchLimits {
     }
 }
 
+/// What the coordinator is configured with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// Participant ids that may ever be members (1..=N).
+    pub participants: Vec<NodeId>,
+    /// Batch and queue bounds.
+    pub limits: BatchLimits,
+    /// The lease granted, `D`.
+    pub lease: Duration,
+    /// How often participants renew, `H`; 3 H without a renewal makes a
+    /// member suspect.
+    pub heartbeat: Duration,
+    /// Fewest members writes go on with; a drop never goes below it.
+    pub min_members: usize,
+    /// How long a write may wait in the queue while the view has fewer
+    /// than `min_members` members before it is refused.
+    pub queue_timeout: Duration,
+    /// How often unacknowledged commits and aborts are resent.
+    pub resend_every: Duration,
+}
+
+impl Config {
+    /// Defaults for a cluster of `n` participants.
+    pub fn new(cluster: ClusterId, n: u32) -> Config {
+        Config {
+            cluster,
+            participants: (1..=n).collect(),
+            limits: BatchLimits::default(),
+            lease: Duration::from_secs(1),
+            heartbeat: Duration::from_millis(100),
+            min_members: 3.min(n as usize),
+            queue_timeout: Duration::from_secs(2),
+            resend_every: Duration::from_secs(1),
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Phase {
     Preparing,
@@ -121,20 +222,33 @@ struct Round<T> {
     /// The `last_committed` its prepare carries: a YES vote proves the
     /// voter made that batch's commit durable, so it doubles as the ack.
     carried: Option<BatchId>,
-    waiters: Vec<T>,
-    votes: BTreeMap<NodeId, Vec<OpResult>>,
+    waiters: Vec<(T, Time)>,
+    /// The members of the view it was proposed in.
+    voters: BTreeSet<NodeId>,
+    /// Learners it was sent to (their votes do not count).
+    learners: BTreeSet<NodeId>,
+    votes: BTreeMap<NodeId, (Vec<OpResult>, u128)>,
+    learner_yes: BTreeMap<NodeId, (Vec<OpResult>, u128)>,
     phase: Phase,
+}
+
+impl<T> Round<T> {
+    fn recipients(&self) -> BTreeSet<NodeId> {
+        self.voters.union(&self.learners).copied().collect()
+    }
 }
 
 /// What the log says after replay.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recovered {
-    /// Highest epoch started.
-    pub epoch: u64,
+    /// The newest view.
+    pub view: View,
     /// Highest committed version.
     pub committed: Version,
     /// Last committed batch.
     pub last_committed: Option<BatchId>,
+    /// Digest after it.
+    pub digest: u128,
     /// Committed batches not acknowledged by everyone.
     pub unacked: BTreeSet<BatchId>,
 }
@@ -145,24 +259,42 @@ impl Recovered {
         let mut r = Recovered::default();
         for record in records {
             match record {
-                Record::Epoch(e) => r.epoch = r.epoch.max(e),
-                Record::Commit { batch, last, .. } => {
-                    r.committed = r.committed.max(last);
-                    r.last_committed = r.last_committed.max(Some(batch));
+                Record::View(v) => {
+                    if v.epoch >= r.view.epoch {
+                        r.view = v;
+                    }
+                }
+                Record::Commit {
+                    batch,
+                    last,
+                    digest,
+                    ..
+                } => {
+                    if Some(batch) > r.last_committed {
+                        r.committed = last;
+                        r.last_committed = Some(batch);
+                        r.digest = digest;
+                    }
                     r.unacked.insert(batch);
                 }
                 Record::Acked(batch) => {
                     r.unacked.remove(&batch);
                 }
                 Record::Checkpoint {
-                    epoch,
+                    view,
                     committed,
                     last_committed,
+                    digest,
                     unacked,
                 } => {
-                    r.epoch = r.epoch.max(epoch);
-                    r.committed = r.committed.max(committed);
-                    r.last_committed = r.last_committed.max(last_committed);
+                    if view.epoch >= r.view.epoch {
+                        r.view = view;
+                    }
+                    if last_committed > r.last_committed {
+                        r.committed = committed;
+                        r.last_committed = last_committed;
+                        r.digest = digest;
+                    }
                     r.unacked.extend(unacked);
                 }
             }
@@ -171,60 +303,122 @@ impl Recovered {
     }
 }
 
-/// The sequencer and 2PC decider.
+#[derive(Clone, Debug)]
+struct Suspicion {
+    since: Time,
+    /// Cleared by a renewal when false (missed renewals); kept until the
+    /// drop when true (the member failed a prepare or is out of sync, so a
+    /// renewal that gets through proves nothing).
+    sticky: bool,
+    reason: String,
+}
+
+#[derive(Clone, Debug)]
+struct LearnerInfo {
+    incarnation: Incarnation,
+    catchup: CatchupState,
+    applied: Version,
+    digest: u128,
+    pending: Option<BatchId>,
+    last_renew: Time,
+    source: Option<NodeId>,
+    /// The committed batch it voted YES on with the members' results.
+    synced_on: Option<BatchId>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct NodeInfo {
+    advertise: String,
+    last_renew: Option<Time>,
+    last_grant: Option<Time>,
+    suspect: Option<Suspicion>,
+    revoked: bool,
+    learner: Option<LearnerInfo>,
+}
+
+/// How long a learner may go without a heartbeat before it is forgotten.
+const LEARNER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The sequencer, 2PC decider and view master.
 #[derive(Debug)]
 pub struct Coordinator<T> {
-    cluster: ClusterId,
-    epoch: u64,
-    participants: Vec<NodeId>,
-    limits: BatchLimits,
+    cfg: Config,
+    view: View,
+    /// The VIEW record of `view` is not durable yet.
+    view_pending: bool,
     next_seq: u64,
     committed: Version,
     last_committed: Option<BatchId>,
-    queue: VecDeque<(Op, T)>,
+    digest: u128,
+    last_batch: Option<Batch>,
+    queue: VecDeque<(Op, T, Time)>,
     round: Option<Round<T>>,
     unacked_commits: BTreeMap<BatchId, BTreeSet<NodeId>>,
     unacked_aborts: BTreeMap<BatchId, BTreeSet<NodeId>>,
+    /// Seqs of the current epoch that were aborted.
+    aborted: BTreeSet<u64>,
+    nodes: BTreeMap<NodeId, NodeInfo>,
+    last_resend: Time,
     stopping: bool,
 }
 
 impl<T> Coordinator<T> {
-    /// Starts a new epoch after `recovered`. The returned actions persist the
-    /// epoch (wait for it before serving) and resend unacknowledged commits.
-    pub fn start(
-        cluster: ClusterId,
-        participants: Vec<NodeId>,
-        limits: BatchLimits,
-        recovered: Recovered,
-    ) -> (Self, Vec<Action<T>>) {
-        let epoch = recovered.epoch + 1;
-        let all: BTreeSet<NodeId> = participants.iter().copied().collect();
+    /// Starts a new epoch after `recovered`, with the recovered members. The
+    /// returned actions persist the new view (no prepare leaves before it is
+    /// durable) and resend unacknowledged commits. Every member is assumed
+    /// to hold a lease granted just now by the previous incarnation, so none
+    /// is dropped for `D'`.
+    pub fn start(cfg: Config, recovered: Recovered, now: Time) -> (Self, Vec<Action<T>>) {
+        let view = View {
+            epoch: recovered.view.epoch + 1,
+            members: recovered.view.members.clone(),
+        };
+        let mut nodes: BTreeMap<NodeId, NodeInfo> = cfg
+            .participants
+            .iter()
+            .map(|&id| (id, NodeInfo::default()))
+            .collect();
+        for m in &view.members {
+            let n = nodes.entry(m.id).or_default();
+            n.last_grant = Some(now);
+            n.last_renew = Some(now);
+        }
+        let members: BTreeSet<NodeId> = view.ids().collect();
         let c = Coordinator {
-            cluster,
-            epoch,
-            participants,
-            limits,
+            cfg,
+            view: view.clone(),
+            view_pending: true,
             next_seq: 1,
             committed: recovered.committed,
             last_committed: recovered.last_committed,
+            digest: recovered.digest,
+            last_batch: None,
             queue: VecDeque::new(),
             round: None,
             unacked_commits: recovered
                 .unacked
                 .into_iter()
-                .map(|b| (b, all.clone()))
+                .map(|b| (b, members.clone()))
                 .collect(),
             unacked_aborts: BTreeMap::new(),
+            aborted: BTreeSet::new(),
+            nodes,
+            last_resend: now,
             stopping: false,
         };
-        let mut actions = vec![Action::Persist(Record::Epoch(epoch))];
+        let mut actions = vec![Action::Persist(Record::View(view))];
         actions.extend(c.resend());
         (c, actions)
     }
 
     /// Current epoch.
     pub fn epoch(&self) -> u64 {
-        self.epoch
+        self.view.epoch
+    }
+
+    /// The current view.
+    pub fn view(&self) -> &View {
+        &self.view
     }
 
     /// Highest committed version.
@@ -242,8 +436,177 @@ impl<T> Coordinator<T> {
         self.round.is_none() && self.queue.is_empty()
     }
 
+    /// The D' the coordinator waits out after a grant.
+    fn lease_bound(&self) -> Duration {
+        grantor_bound(self.cfg.lease)
+    }
+
+    /// The VIEW record of `epoch` is durable: prepares of it may leave.
+    pub fn view_durable(&mut self, epoch: u64, now: Time) -> Vec<Action<T>> {
+        if epoch != self.view.epoch || !self.view_pending {
+            return Vec::new();
+        }
+        self.view_pending = false;
+        let mut actions = self.maybe_change_view(now);
+        actions.extend(self.maybe_start_round());
+        actions
+    }
+
+    /// Records where other participants reach `id`'s peer service.
+    pub fn register(&mut self, id: NodeId, advertise: String) -> Result<(), Error> {
+        let n = self.nodes.get_mut(&id).ok_or_else(|| {
+            Error::ClusterMismatch(format!(
+                "this coordinator has participants 1..={}; id {id} is not one of them (check --id and --participants)",
+                self.cfg.participants.len()
+            ))
+        })?;
+        n.advertise = advertise;
+        Ok(())
+    }
+
+    /// A participant's heartbeat at `now`: renews a member's lease (unless it
+    /// is suspect or a view change is pending), tracks a learner, and says
+    /// which it is.
+    pub fn renew(
+        &mut self,
+        req: &RenewRequest,
+        now: Time,
+    ) -> (Result<RenewReply, Error>, Vec<Action<T>>) {
+        if req.cluster != self.cfg.cluster {
+            return (
+                Err(Error::ClusterMismatch(format!(
+                    "participant {} belongs to cluster {}, this coordinator runs cluster {}",
+                    req.id, req.cluster, self.cfg.cluster
+                ))),
+                Vec::new(),
+            );
+        }
+        if !self.nodes.contains_key(&req.id) {
+            return (
+                Err(Error::ClusterMismatch(format!(
+                    "this coordinator has participants 1..={}; id {} is not one of them",
+                    self.cfg.participants.len(),
+                    req.id
+                ))),
+                Vec::new(),
+            );
+        }
+        let mut actions = Vec::new();
+        let lease_ms = self.cfg.lease.as_millis() as u64;
+        let member = self.view.member(req.id).copied();
+        if let Some(m) = member
+            && m.incarnation == req.incarnation
+        {
+            let grant = !self.view_pending && !self.stopping;
+            let n = self.nodes.entry(req.id).or_default();
+            n.last_renew = Some(now);
+            n.learner = None;
+            if n.suspect.as_ref().is_some_and(|s| !s.sticky) {
+                n.suspect = None;
+            }
+            let grant = grant && n.suspect.is_none();
+            if grant {
+                n.last_grant = Some(now);
+            }
+            actions.extend(self.maybe_start_round());
+            let reply = RenewReply {
+                view: self.view.clone(),
+                lease_ms: grant.then_some(lease_ms),
+                committed: self.committed,
+                role: Role::Member,
+            };
+            return (Ok(reply), actions);
+        }
+        if member.is_some() {
+            actions.extend(self.suspect(
+                req.id,
+                true,
+                format!(
+                    "a new incarnation of replica {} registered (its data dir was replaced)",
+                    req.id
+                ),
+                now,
+            ));
+        }
+        // A learner: remember what it reports and point it at a source.
+        let avoid = match req.catchup {
+            CatchupState::Failed { source } => Some(source),
+            _ => None,
+        };
+        let previous = self.nodes.get(&req.id).and_then(|n| n.learner.clone());
+        let keep = previous
+            .as_ref()
+            .filter(|l| l.incarnation == req.incarnation);
+        let source = self.pick_source(req.id, keep.and_then(|l| l.source), avoid);
+        let synced_on = keep.and_then(|l| l.synced_on);
+        let info = LearnerInfo {
+            incarnation: req.incarnation,
+            catchup: req.catchup,
+            applied: req.applied,
+            digest: req.digest,
+            pending: req.pending,
+            last_renew: now,
+            source,
+            synced_on: if matches!(req.catchup, CatchupState::Following) {
+                synced_on
+            } else {
+                None
+            },
+        };
+        if let Some(n) = self.nodes.get_mut(&req.id) {
+            n.learner = Some(info);
+        }
+        // Joins happen at the next tick, so learners that report together
+        // (a cluster's first start) join in one view change.
+        let source = source.map(|id| Source {
+            id,
+            addr: self
+                .nodes
+                .get(&id)
+                .map(|n| n.advertise.clone())
+                .unwrap_or_default(),
+        });
+        let reply = RenewReply {
+            view: self.view.clone(),
+            lease_ms: None,
+            committed: self.committed,
+            role: Role::Learner { source },
+        };
+        (Ok(reply), actions)
+    }
+
+    /// A member to copy: the learner's current source if still fit, else
+    /// the fit member heard from most recently, avoiding `avoid` if possible.
+    fn pick_source(
+        &self,
+        learner: NodeId,
+        current: Option<NodeId>,
+        avoid: Option<NodeId>,
+    ) -> Option<NodeId> {
+        let fit = |id: NodeId| {
+            id != learner
+                && self.view.member(id).is_some()
+                && self.nodes.get(&id).is_some_and(|n| n.suspect.is_none())
+        };
+        if let Some(c) = current
+            && fit(c)
+            && Some(c) != avoid
+        {
+            return Some(c);
+        }
+        let mut candidates: Vec<NodeId> = self.view.ids().filter(|&id| fit(id)).collect();
+        candidates.sort_by_key(|id| {
+            (
+                Some(*id) == avoid,
+                std::cmp::Reverse(self.nodes.get(id).and_then(|n| n.last_renew)),
+                *id,
+            )
+        });
+        candidates.first().copied()
+    }
+
     /// Queues a write; starts a round if none is in flight.
-    pub fn submit(&mut self, op: Op, token: T) -> Vec<Action<T>> {
+    pub fn submit(&mut self, op: Op, token: T, now: Time) -> Vec<Action<T>> {
         if self.stopping {
             return vec![Action::Reply {
                 token,
@@ -252,7 +615,7 @@ impl<T> Coordinator<T> {
                 )),
             }];
         }
-        if self.queue.len() >= self.limits.max_queued {
+        if self.queue.len() >= self.cfg.limits.max_queued {
             return vec![Action::Reply {
                 token,
                 result: Err(Error::Unavailable(format!(
@@ -261,7 +624,7 @@ impl<T> Coordinator<T> {
                 ))),
             }];
         }
-        self.queue.push_back((op, token));
+        self.queue.push_back((op, token, now));
         self.maybe_start_round()
     }
 
@@ -271,18 +634,35 @@ impl<T> Coordinator<T> {
         from: NodeId,
         batch: BatchId,
         vote: Result<Vote, String>,
+        now: Time,
     ) -> Vec<Action<T>> {
         let Some(round) = self.round.as_mut() else {
             return Vec::new();
         };
-        if round.batch.id != batch
-            || round.phase != Phase::Preparing
-            || !self.participants.contains(&from)
-        {
+        if round.batch.id != batch || round.phase != Phase::Preparing {
+            return Vec::new();
+        }
+        if round.learners.contains(&from) {
+            if let Ok(Vote::Yes { results, digest }) = vote {
+                round.learner_yes.insert(from, (results, digest));
+            }
+            return Vec::new();
+        }
+        if !round.voters.contains(&from) {
             return Vec::new();
         }
         match vote {
-            Ok(Vote::Yes(results)) => {
+            Ok(Vote::Yes { results, digest }) => {
+                // A YES proves the member is reachable both ways: a member
+                // kept because it could not be dropped gets leases again.
+                if let Some(n) = self.nodes.get_mut(&from) {
+                    n.suspect = None;
+                    n.revoked = false;
+                    n.last_renew = n.last_renew.max(Some(now));
+                }
+                let Some(round) = self.round.as_mut() else {
+                    return Vec::new();
+                };
                 let carried = round.carried;
                 let mut actions = match carried {
                     Some(c) => self.acked(from, c),
@@ -292,7 +672,7 @@ impl<T> Coordinator<T> {
                     return actions;
                 };
                 if let Some((other, theirs)) = round.votes.iter().next()
-                    && *theirs != results
+                    && (theirs.0 != results || theirs.1 != digest)
                 {
                     let reason = format!(
                         "replicas {other} and {from} disagree on the results of batch {batch}; their data has diverged"
@@ -300,73 +680,167 @@ impl<T> Coordinator<T> {
                     actions.extend(self.abort_round(reason));
                     return actions;
                 }
-                round.votes.insert(from, results);
-                if round.votes.len() == self.participants.len() {
+                round.votes.insert(from, (results, digest));
+                if round.votes.len() == round.voters.len() {
                     round.phase = Phase::Logging;
                     let b = &round.batch;
                     actions.push(Action::Persist(Record::Commit {
                         batch: b.id,
                         first: b.first_version,
                         last: b.last_version(),
+                        digest,
                     }));
                 }
                 actions
             }
             Ok(Vote::No(reason)) => self.abort_round(format!("replica {from} voted no: {reason}")),
-            Err(reason) => {
-                self.abort_round(format!("replica {from} did not answer prepare: {reason}"))
+            Ok(Vote::OutOfSync(reason)) => {
+                let mut actions = self.suspect(from, true, reason, now);
+                actions.extend(self.maybe_change_view(now));
+                actions
             }
+            Err(reason) => self.suspect(
+                from,
+                true,
+                format!("it did not answer the prepare of batch {batch}: {reason}"),
+                now,
+            ),
         }
     }
 
     /// The prepare timeout of `batch` fired.
-    pub fn prepare_timeout(&mut self, batch: BatchId) -> Vec<Action<T>> {
-        match &self.round {
-            Some(r) if r.batch.id == batch && r.phase == Phase::Preparing => {
-                let missing: Vec<String> = self
-                    .participants
-                    .iter()
-                    .filter(|p| !r.votes.contains_key(p))
-                    .map(|p| p.to_string())
-                    .collect();
-                self.abort_round(format!(
-                    "prepare of batch {batch} timed out waiting for replica(s) {}",
-                    missing.join(",")
-                ))
-            }
-            _ => Vec::new(),
+    pub fn prepare_timeout(&mut self, batch: BatchId, now: Time) -> Vec<Action<T>> {
+        let missing: Vec<NodeId> = match &self.round {
+            Some(r) if r.batch.id == batch && r.phase == Phase::Preparing => r
+                .voters
+                .iter()
+                .filter(|p| !r.votes.contains_key(p))
+                .copied()
+                .collect(),
+            _ => return Vec::new(),
+        };
+        let mut actions = Vec::new();
+        for id in missing {
+            actions.extend(self.suspect(
+                id,
+                true,
+                format!("it did not vote on batch {batch} before the prepare timed out"),
+                now,
+            ));
         }
+        actions
+    }
+
+    /// Marks member `id` suspect. A round still preparing with it as a
+    /// voter is re-proposed once it is dropped (aborted now without telling
+    /// its clients) or, if it cannot be dropped (`min_members`), aborted
+    /// with an error.
+    fn suspect(&mut self, id: NodeId, sticky: bool, reason: String, now: Time) -> Vec<Action<T>> {
+        if self.view.member(id).is_none() {
+            return Vec::new();
+        }
+        let mut actions = Vec::new();
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return actions;
+        };
+        match &mut n.suspect {
+            Some(s) => {
+                if sticky && !s.sticky {
+                    s.sticky = true;
+                    s.reason = reason.clone();
+                }
+            }
+            None => {
+                n.suspect = Some(Suspicion {
+                    since: now,
+                    sticky,
+                    reason: reason.clone(),
+                });
+                actions.push(Action::Suspected {
+                    id,
+                    reason: reason.clone(),
+                });
+            }
+        }
+        if sticky && !n.revoked {
+            actions.extend(self.revoke(id));
+        }
+        // Only a sticky suspicion ends the round: a member that is merely
+        // late with its renewals may still vote in time.
+        let in_round = self
+            .round
+            .as_ref()
+            .is_some_and(|r| r.phase == Phase::Preparing && r.voters.contains(&id));
+        if in_round && sticky {
+            if self.view.len() > self.cfg.min_members {
+                actions.extend(self.abort_round_silently());
+            } else {
+                actions.extend(self.abort_round(format!(
+                    "replica {id} cannot take part ({reason}) and cannot be dropped: the view has {} members and --min-participants is {}; writes resume when it is back",
+                    self.view.len(),
+                    self.cfg.min_members
+                )));
+            }
+        }
+        actions.extend(self.maybe_change_view(now));
+        actions
+    }
+
+    /// A suspect member acknowledged the revoke of its lease.
+    pub fn revoked(&mut self, from: NodeId, epoch: u64, now: Time) -> Vec<Action<T>> {
+        if epoch != self.view.epoch {
+            return Vec::new();
+        }
+        if let Some(n) = self.nodes.get_mut(&from)
+            && n.suspect.as_ref().is_some_and(|s| s.sticky)
+        {
+            n.revoked = true;
+            return self.maybe_change_view(now);
+        }
+        Vec::new()
     }
 
     /// The COMMIT record of `batch` is durable: answer the clients, send
-    /// commit to everyone and start the next round.
-    pub fn commit_durable(&mut self, batch: BatchId) -> Vec<Action<T>> {
+    /// commit to everyone and start the next round (after a view change, if
+    /// one is due at this boundary).
+    pub fn commit_durable(&mut self, batch: BatchId, now: Time) -> Vec<Action<T>> {
         let Some(round) = self
             .round
             .take_if(|r| r.batch.id == batch && r.phase == Phase::Logging)
         else {
             return Vec::new();
         };
-        let results = round.votes.into_values().next().unwrap_or_default();
+        let (results, digest) = round.votes.values().next().cloned().unwrap_or_default();
         self.committed = round.batch.last_version();
         self.last_committed = Some(batch);
+        self.digest = digest;
         let mut actions: Vec<Action<T>> = round
             .waiters
             .into_iter()
-            .zip(results)
-            .map(|(token, result)| Action::Reply {
+            .zip(results.iter().copied())
+            .map(|((token, _), result)| Action::Reply {
                 token,
                 result: Ok(result),
             })
             .collect();
-        self.unacked_commits
-            .insert(batch, self.participants.iter().copied().collect());
+        let mut unacked = round.voters.clone();
+        for (id, vote) in &round.learner_yes {
+            if *vote == (results.clone(), digest) {
+                unacked.insert(*id);
+                if let Some(l) = self.nodes.get_mut(id).and_then(|n| n.learner.as_mut()) {
+                    l.synced_on = Some(batch);
+                }
+            }
+        }
+        self.unacked_commits.insert(batch, unacked.clone());
+        self.last_batch = Some(round.batch);
+        actions.extend(self.maybe_change_view(now));
         // With writes waiting, the next prepare carries this commit (and its
         // YES votes acknowledge it); a separate commit message would only
         // cost every replica an extra RPC and fsync. Idle, send it now.
         let next = self.maybe_start_round();
         if next.is_empty() {
-            actions.extend(self.participants.iter().map(|&to| Action::Send {
+            actions.extend(unacked.iter().map(|&to| Action::Send {
                 to,
                 msg: Message::Commit(self.decision(to, batch)),
             }));
@@ -377,11 +851,12 @@ impl<T> Coordinator<T> {
 
     /// A participant acknowledged a commit or abort.
     pub fn acked(&mut self, from: NodeId, batch: BatchId) -> Vec<Action<T>> {
+        let mut actions = Vec::new();
         if let Some(waiting) = self.unacked_commits.get_mut(&batch) {
             waiting.remove(&from);
             if waiting.is_empty() {
                 self.unacked_commits.remove(&batch);
-                return vec![Action::Persist(Record::Acked(batch))];
+                actions.push(Action::Persist(Record::Acked(batch)));
             }
         }
         if let Some(waiting) = self.unacked_aborts.get_mut(&batch) {
@@ -390,16 +865,89 @@ impl<T> Coordinator<T> {
                 self.unacked_aborts.remove(&batch);
             }
         }
-        Vec::new()
+        actions
     }
 
-    /// Periodic tick: resend every commit and abort not yet acknowledged.
-    pub fn tick(&mut self) -> Vec<Action<T>> {
-        self.resend()
+    /// Periodic tick (every heartbeat or faster): suspects members that
+    /// stopped renewing, forgets silent learners, refuses writes that
+    /// waited too long for enough members, changes the view when a drop or
+    /// a join is due, and resends unacknowledged commits, aborts and
+    /// revokes every `resend_every`.
+    pub fn tick(&mut self, now: Time) -> Vec<Action<T>> {
+        let mut actions = Vec::new();
+        let silent_after = self.cfg.heartbeat * 3;
+        let silent: Vec<(NodeId, Duration)> = self
+            .view
+            .ids()
+            .filter_map(|id| {
+                let n = self.nodes.get(&id)?;
+                let last = n.last_renew?;
+                (n.suspect.is_none() && now.since(last) > silent_after)
+                    .then(|| (id, now.since(last)))
+            })
+            .collect();
+        for (id, quiet) in silent {
+            actions.extend(self.suspect(
+                id,
+                false,
+                format!("no lease renewal for {} ms", quiet.as_millis()),
+                now,
+            ));
+        }
+        let gone: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| {
+                n.learner
+                    .as_ref()
+                    .is_some_and(|l| now.since(l.last_renew) > LEARNER_TIMEOUT)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(n) = self.nodes.get_mut(&id) {
+                n.learner = None;
+            }
+            if self.view.member(id).is_none() {
+                actions.extend(self.forget_acks_of(id));
+            }
+        }
+        if self.view.len() < self.cfg.min_members {
+            while let Some((_, _, since)) = self.queue.front() {
+                if now.since(*since) < self.cfg.queue_timeout {
+                    break;
+                }
+                let Some((_, token, _)) = self.queue.pop_front() else {
+                    break;
+                };
+                actions.push(Action::Reply {
+                    token,
+                    result: Err(Error::Unavailable(format!(
+                        "only {} of {} replicas are members of {} and --min-participants is {}; nothing was applied, retry when replicas are back",
+                        self.view.len(),
+                        self.cfg.participants.len(),
+                        self.view,
+                        self.cfg.min_members
+                    ))),
+                });
+            }
+        }
+        actions.extend(self.maybe_change_view(now));
+        actions.extend(self.maybe_start_round());
+        if now.since(self.last_resend) >= self.cfg.resend_every {
+            self.last_resend = now;
+            actions.extend(self.resend());
+        }
+        actions
     }
 
-    /// The fate of a batch, for a participant that holds it prepared.
-    pub fn resolve(&self, batch: BatchId) -> Result<Decision, Error> {
+    /// The fate of a batch, for participant `from` that holds it prepared.
+    pub fn resolve(
+        &self,
+        from: NodeId,
+        incarnation: Incarnation,
+        batch: BatchId,
+    ) -> Result<Decision, Error> {
         if self.unacked_commits.contains_key(&batch) || self.last_committed == Some(batch) {
             return Ok(Decision::Commit);
         }
@@ -408,13 +956,34 @@ impl<T> Coordinator<T> {
         {
             return Ok(Decision::Pending);
         }
-        if batch.epoch < self.epoch || (batch.epoch == self.epoch && batch.seq < self.next_seq) {
-            return Ok(Decision::Abort);
+        let never = || {
+            Err(Error::Internal(format!(
+                "batch {batch} was never proposed by this coordinator (epoch {}); the replica's log does not belong to this cluster",
+                self.view.epoch
+            )))
+        };
+        if batch.epoch == self.view.epoch {
+            if self.aborted.contains(&batch.seq) {
+                return Ok(Decision::Abort);
+            }
+            if batch.seq >= self.next_seq {
+                return never();
+            }
+            // Proposed in this epoch, not aborted, not remembered: it
+            // committed and every replica that could ask has acked it.
+            return Ok(Decision::Unknown);
         }
-        Err(Error::Internal(format!(
-            "batch {batch} was never proposed by this coordinator (epoch {}); the replica's log does not belong to this cluster",
-            self.epoch
-        )))
+        if batch.epoch > self.view.epoch {
+            return never();
+        }
+        // An older epoch. Had it committed, a member since then would still
+        // be awaited for its ack, and the COMMIT would still be here.
+        match self.view.member(from) {
+            Some(m) if m.incarnation == incarnation && m.since <= batch.epoch => {
+                Ok(Decision::Abort)
+            }
+            _ => Ok(Decision::Unknown),
+        }
     }
 
     /// Stops taking writes: queued ones are refused and a round still
@@ -424,7 +993,7 @@ impl<T> Coordinator<T> {
         let mut actions: Vec<Action<T>> = self
             .queue
             .drain(..)
-            .map(|(_, token)| Action::Reply {
+            .map(|(_, token, _)| Action::Reply {
                 token,
                 result: Err(Error::ShuttingDown(
                     "the coordinator is stopping; nothing was applied".into(),
@@ -446,59 +1015,111 @@ impl<T> Coordinator<T> {
     pub fn checkpoint(&self) -> Record {
         let mut committed = self.committed;
         let mut last_committed = self.last_committed;
+        let mut digest = self.digest;
         let mut unacked: Vec<BatchId> = self.unacked_commits.keys().copied().collect();
         // A round whose COMMIT record is already in the log but not yet
         // durable counts as committed: the checkpoint follows that record in
         // the same ordered log, and the segment holding it may be deleted.
+        // The same holds for a VIEW record not yet durable.
         if let Some(r) = &self.round
             && r.phase == Phase::Logging
         {
             committed = committed.max(r.batch.last_version());
             last_committed = last_committed.max(Some(r.batch.id));
+            digest = r.votes.values().next().map_or(digest, |v| v.1);
             unacked.push(r.batch.id);
         }
         Record::Checkpoint {
-            epoch: self.epoch,
+            view: self.view.clone(),
             committed,
             last_committed,
+            digest,
             unacked,
         }
     }
 
-    /// Status for operators.
-    pub fn status(&self) -> CoordinatorStatus {
+    /// Status for operators at `now`.
+    pub fn status(&self, now: Time) -> CoordinatorStatus {
+        let bound = self.lease_bound();
         CoordinatorStatus {
-            cluster: self.cluster,
-            epoch: self.epoch,
+            cluster: self.cfg.cluster,
+            epoch: self.view.epoch,
             committed: self.committed,
             queued: self.queue.len() as u64,
             in_flight: self.round.as_ref().map(|r| r.batch.id),
+            view: self.view.clone(),
+            min_participants: self.cfg.min_members as u32,
+            members: self
+                .view
+                .members
+                .iter()
+                .map(|m| {
+                    let n = self.nodes.get(&m.id);
+                    MemberStatus {
+                        id: m.id,
+                        incarnation: m.incarnation,
+                        lease_ms: n
+                            .and_then(|n| n.last_grant)
+                            .map_or(0, |g| now.until(g.plus(bound)).as_millis() as u64),
+                        suspect: n.and_then(|n| n.suspect.as_ref().map(|s| s.reason.clone())),
+                    }
+                })
+                .collect(),
+            learners: self
+                .nodes
+                .iter()
+                .filter_map(|(&id, n)| {
+                    n.learner.as_ref().map(|l| LearnerStatus {
+                        id,
+                        incarnation: l.incarnation,
+                        applied: l.applied,
+                        catchup: l.catchup,
+                    })
+                })
+                .collect(),
         }
     }
 
+    /// True while a suspect member holds up rounds: it can be dropped once
+    /// its lease is surely over, so proposing now would only stall on it.
+    fn waiting_for_drop(&self) -> bool {
+        self.view.len() > self.cfg.min_members
+            && self
+                .view
+                .ids()
+                .any(|id| self.nodes.get(&id).is_some_and(|n| n.suspect.is_some()))
+    }
+
     fn maybe_start_round(&mut self) -> Vec<Action<T>> {
-        if self.round.is_some() || self.queue.is_empty() || self.stopping {
+        if self.round.is_some()
+            || self.queue.is_empty()
+            || self.stopping
+            || self.view_pending
+            || self.view.len() < self.cfg.min_members
+            || self.waiting_for_drop()
+        {
             return Vec::new();
         }
         let mut ops = Vec::new();
         let mut waiters = Vec::new();
         let mut bytes = 0;
-        while let Some((op, _)) = self.queue.front() {
+        while let Some((op, _, _)) = self.queue.front() {
             let size = op.size();
             if !ops.is_empty()
-                && (ops.len() >= self.limits.max_ops || bytes + size > self.limits.max_bytes)
+                && (ops.len() >= self.cfg.limits.max_ops
+                    || bytes + size > self.cfg.limits.max_bytes)
             {
                 break;
             }
             bytes += size;
-            let Some((op, token)) = self.queue.pop_front() else {
+            let Some((op, token, since)) = self.queue.pop_front() else {
                 break;
             };
             ops.push(op);
-            waiters.push(token);
+            waiters.push((token, since));
         }
         let id = BatchId {
-            epoch: self.epoch,
+            epoch: self.view.epoch,
             seq: self.next_seq,
         };
         self.next_seq += 1;
@@ -507,28 +1128,194 @@ impl<T> Coordinator<T> {
             first_version: self.committed + 1,
             ops,
         };
-        let mut actions: Vec<Action<T>> = self
-            .participants
+        let voters: BTreeSet<NodeId> = self.view.ids().collect();
+        let learners: BTreeSet<NodeId> = self
+            .nodes
             .iter()
-            .map(|&to| Action::Send {
+            .filter(|(id, n)| {
+                !voters.contains(id)
+                    && n.learner
+                        .as_ref()
+                        .is_some_and(|l| matches!(l.catchup, CatchupState::Following))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let prev = self
+            .last_batch
+            .as_ref()
+            .filter(|b| Some(b.id) == self.last_committed)
+            .cloned();
+        let mut actions: Vec<Action<T>> = Vec::new();
+        for &to in voters.iter().chain(&learners) {
+            let is_learner = learners.contains(&to);
+            actions.push(Action::Send {
                 to,
                 msg: Message::Prepare(PrepareRequest {
-                    cluster: self.cluster,
+                    cluster: self.cfg.cluster,
                     to,
                     batch: batch.clone(),
                     last_committed: self.last_committed,
+                    view: self.view.clone(),
+                    prev: if is_learner { prev.clone() } else { None },
                 }),
-            })
-            .collect();
+            });
+        }
         actions.push(Action::ArmTimer(id));
         self.round = Some(Round {
             batch,
             carried: self.last_committed,
             waiters,
+            voters,
+            learners,
             votes: BTreeMap::new(),
+            learner_yes: BTreeMap::new(),
             phase: Phase::Preparing,
         });
         actions
+    }
+
+    /// Drops the members that may be dropped and adds the learners that may
+    /// join, in one new view, if either exists and no round is logging.
+    fn maybe_change_view(&mut self, now: Time) -> Vec<Action<T>> {
+        if self.view_pending
+            || self.stopping
+            || self
+                .round
+                .as_ref()
+                .is_some_and(|r| r.phase == Phase::Logging)
+        {
+            return Vec::new();
+        }
+        let bound = self.lease_bound();
+        let mut suspects: Vec<(Time, NodeId, String)> = self
+            .view
+            .ids()
+            .filter_map(|id| {
+                let n = self.nodes.get(&id)?;
+                let s = n.suspect.as_ref()?;
+                let expired = n.revoked || n.last_grant.is_none_or(|g| now >= g.plus(bound));
+                expired.then(|| (s.since, id, s.reason.clone()))
+            })
+            .collect();
+        suspects.sort();
+        suspects.truncate(self.view.len().saturating_sub(self.cfg.min_members));
+        let dropping: BTreeSet<NodeId> = suspects.iter().map(|(_, id, _)| *id).collect();
+        let joining: Vec<(NodeId, Incarnation)> = if self.round.is_none() {
+            self.nodes
+                .iter()
+                .filter(|(id, _)| self.view.member(**id).is_none() || dropping.contains(id))
+                .filter_map(|(&id, n)| {
+                    let l = n.learner.as_ref()?;
+                    // Not while it copies: a copy may still replace its state.
+                    if !matches!(l.catchup, CatchupState::Following | CatchupState::Idle)
+                        || dropping.contains(&id)
+                    {
+                        return None;
+                    }
+                    let synced = l.synced_on.is_some() && l.synced_on == self.last_committed;
+                    let caught_up = l.pending.is_none()
+                        && l.applied == self.committed
+                        && l.digest == self.digest;
+                    (synced || caught_up).then_some((id, l.incarnation))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if dropping.is_empty() && joining.is_empty() {
+            return Vec::new();
+        }
+        let mut actions = Vec::new();
+        if self
+            .round
+            .as_ref()
+            .is_some_and(|r| r.phase == Phase::Preparing)
+        {
+            actions.extend(self.abort_round_silently());
+        }
+        let epoch = self.view.epoch + 1;
+        let mut members: Vec<Member> = self
+            .view
+            .members
+            .iter()
+            .filter(|m| !dropping.contains(&m.id))
+            .copied()
+            .collect();
+        members.extend(joining.iter().map(|&(id, incarnation)| Member {
+            id,
+            incarnation,
+            since: epoch,
+        }));
+        members.sort();
+        self.view = View { epoch, members };
+        self.view_pending = true;
+        self.next_seq = 1;
+        self.aborted.clear();
+        actions.push(Action::Persist(Record::View(self.view.clone())));
+        for &id in &dropping {
+            if let Some(n) = self.nodes.get_mut(&id) {
+                n.suspect = None;
+                n.revoked = false;
+                n.last_grant = None;
+                n.last_renew = None;
+            }
+            actions.extend(self.forget_acks_of(id));
+        }
+        for &(id, _) in &joining {
+            if let Some(n) = self.nodes.get_mut(&id) {
+                n.learner = None;
+                n.suspect = None;
+                n.revoked = false;
+                n.last_grant = None;
+                n.last_renew = Some(now);
+            }
+        }
+        actions.push(Action::ViewChanged {
+            view: self.view.clone(),
+            left: suspects
+                .into_iter()
+                .map(|(_, id, reason)| (id, reason))
+                .collect(),
+            joined: joining.into_iter().map(|(id, _)| id).collect(),
+        });
+        actions
+    }
+
+    /// Stops waiting for `id`'s acks: it is not a member any more and gets
+    /// those batches (or their absence) with its catch-up.
+    fn forget_acks_of(&mut self, id: NodeId) -> Vec<Action<T>> {
+        let mut actions = Vec::new();
+        let batches: Vec<BatchId> = self.unacked_commits.keys().copied().collect();
+        for b in batches {
+            actions.extend(self.acked(id, b));
+        }
+        let aborts: Vec<BatchId> = self.unacked_aborts.keys().copied().collect();
+        for b in aborts {
+            self.acked(id, b);
+        }
+        actions
+    }
+
+    /// Aborts the round in flight without answering its clients: its writes
+    /// go back to the front of the queue, to be re-proposed in the next view.
+    fn abort_round_silently(&mut self) -> Vec<Action<T>> {
+        let Some(round) = self.round.take() else {
+            return Vec::new();
+        };
+        let id = round.batch.id;
+        let recipients = round.recipients();
+        self.aborted.insert(id.seq);
+        for ((token, since), op) in round.waiters.into_iter().zip(round.batch.ops).rev() {
+            self.queue.push_front((op, token, since));
+        }
+        self.unacked_aborts.insert(id, recipients.clone());
+        recipients
+            .into_iter()
+            .map(|to| Action::Send {
+                to,
+                msg: Message::Abort(self.decision(to, id)),
+            })
+            .collect()
     }
 
     fn abort_round(&mut self, reason: String) -> Vec<Action<T>> {
@@ -536,21 +1323,21 @@ impl<T> Coordinator<T> {
             return Vec::new();
         };
         let id = round.batch.id;
+        let recipients = round.recipients();
+        self.aborted.insert(id.seq);
         let mut actions: Vec<Action<T>> = round
             .waiters
             .into_iter()
-            .map(|token| Action::Reply {
+            .map(|(token, _)| Action::Reply {
                 token,
                 result: Err(Error::Aborted(reason.clone())),
             })
             .collect();
-        self.unacked_aborts
-            .insert(id, self.participants.iter().copied().collect());
-        actions.extend(self.participants.iter().map(|&to| Action::Send {
+        self.unacked_aborts.insert(id, recipients.clone());
+        actions.extend(recipients.into_iter().map(|to| Action::Send {
             to,
             msg: Message::Abort(self.decision(to, id)),
         }));
-        actions.extend(self.maybe_start_round());
         actions
     }
 
@@ -567,12 +1354,33 @@ impl<T> Coordinator<T> {
                 msg: Message::Abort(self.decision(to, b)),
             })
         });
-        commits.chain(aborts).collect()
+        let revokes = self.view.ids().filter(|id| {
+            self.nodes
+                .get(id)
+                .is_some_and(|n| n.suspect.as_ref().is_some_and(|s| s.sticky) && !n.revoked)
+        });
+        let revokes: Vec<Action<T>> = revokes.flat_map(|id| self.revoke(id)).collect();
+        commits.chain(aborts).chain(revokes).collect()
+    }
+
+    /// A revoke addressed to the member's incarnation: a new incarnation at
+    /// the same address must not answer for the old one.
+    fn revoke(&self, id: NodeId) -> Option<Action<T>> {
+        let m = self.view.member(id)?;
+        Some(Action::Send {
+            to: id,
+            msg: Message::Revoke(RevokeRequest {
+                cluster: self.cfg.cluster,
+                to: id,
+                incarnation: m.incarnation,
+                epoch: self.view.epoch,
+            }),
+        })
     }
 
     fn decision(&self, to: NodeId, batch: BatchId) -> DecisionRequest {
         DecisionRequest {
-            cluster: self.cluster,
+            cluster: self.cfg.cluster,
             to,
             batch,
         }

@@ -1,4 +1,4 @@
-//! The participant's side of 2PC.
+//! The participant's side of 2PC, views, leases and catch-up.
 //!
 //! A participant decides nothing: it checks what the coordinator proposes,
 //! makes it durable, votes, and applies or drops it when told. Rounds run one
@@ -6,15 +6,33 @@
 //! the next prepare carries the id of the last committed batch, which settles
 //! a prepared batch whose commit or abort message was lost.
 //!
+//! Views and leases (see [`super::view`]): a prepare names its view; a
+//! replica that is not a member prepares it as a *learner*, whose vote does
+//! not count. The first PREPARED of a new epoch is preceded by a VIEW record,
+//! so after a restart the replica still refuses prepares of older epochs.
+//! Linearizable reads need a member with an unexpired lease that is current;
+//! anything else is refused with an error that sends the client elsewhere.
+//!
+//! Catch-up: a learner that cannot follow (it is behind, or was wiped)
+//! drops its undecided batch, copies a member's snapshot ([`Participant::install`])
+//! and the committed batches after it ([`Participant::learn`]), and then
+//! prepares as a non-voter until the coordinator makes it a member. A
+//! member serves those copies from its [`Window`] of recent batches.
+//!
 //! Every method returns a [`Step`]: the records to make durable, in order,
 //! before the reply may leave. Replaying those records over the latest
 //! snapshot rebuilds exactly the state the participant had (see
-//! [`Participant::restore`]).
+//! [`Participant::restore`]). Time is an argument, never read here.
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::view::{Incarnation, View, holder_end};
+use super::window::Window;
+use crate::clock::Time;
 use crate::error::Error;
-use crate::rpc::{Decision, PrepareRequest, Vote};
+use crate::rpc::{Decision, LearnedBatch, LogChunk, PrepareRequest, RenewReply, Vote};
 use crate::store::Store;
 use crate::types::{Batch, BatchId, ClusterId, Limits, NodeId, OpResult, ReadLevel, Version};
 
@@ -27,6 +45,14 @@ pub enum Record {
     Committed(BatchId),
     /// The batch was aborted and dropped.
     Aborted(BatchId),
+    /// The view of the prepares that follow; written before the first
+    /// PREPARED of each epoch.
+    View(View),
+    /// A committed batch copied from a member while catching up.
+    Learned(Batch),
+    /// The undecided batch was dropped to catch up; its fate comes with the
+    /// copy.
+    Discarded(BatchId),
 }
 
 /// The committed state saved in a snapshot. A batch still prepared at
@@ -39,6 +65,8 @@ pub struct Snapshot {
     pub last_committed: Option<BatchId>,
     /// Highest batch id seen in a prepare or abort.
     pub highest_seen: Option<BatchId>,
+    /// The newest view made durable.
+    pub view: Option<View>,
 }
 
 /// The result of feeding one input: persist `persist`, then release `reply`.
@@ -49,7 +77,8 @@ pub struct Step<T> {
     pub persist: Vec<Record>,
     /// The answer for the caller.
     pub reply: T,
-    /// True when a batch was committed or aborted, so blocked reads may proceed.
+    /// True when a batch was committed, aborted or dropped, so blocked reads
+    /// may proceed.
     pub decided: bool,
 }
 
@@ -70,6 +99,8 @@ pub struct Prepared {
     pub batch: Batch,
     /// What its operations return, as voted.
     pub results: Vec<OpResult>,
+    /// The digest once it is applied, as voted.
+    pub digest: u128,
 }
 
 /// What a read found.
@@ -81,10 +112,11 @@ pub enum Read {
     Blocked(BatchId),
 }
 
-/// One replica's 2PC state and committed data.
+/// One replica's protocol state and committed data.
 #[derive(Debug)]
 pub struct Participant {
     id: NodeId,
+    incarnation: Incarnation,
     cluster: Option<ClusterId>,
     limits: Limits,
     store: Store,
@@ -92,13 +124,22 @@ pub struct Participant {
     pending: Option<Prepared>,
     highest_seen: Option<BatchId>,
     known_committed: Version,
+    /// The newest view known (from a prepare or a lease grant).
+    view: View,
+    /// The newest view made durable.
+    durable_view: Option<View>,
+    lease_end: Option<Time>,
+    catching_up: bool,
+    out_of_sync: bool,
+    window: Window,
 }
 
 impl Participant {
     /// A fresh, empty replica.
-    pub fn new(id: NodeId, limits: Limits) -> Self {
+    pub fn new(id: NodeId, incarnation: Incarnation, limits: Limits) -> Self {
         Participant {
             id,
+            incarnation,
             cluster: None,
             limits,
             store: Store::default(),
@@ -106,6 +147,12 @@ impl Participant {
             pending: None,
             highest_seen: None,
             known_committed: 0,
+            view: View::default(),
+            durable_view: None,
+            lease_end: None,
+            catching_up: false,
+            out_of_sync: false,
+            window: Window::default(),
         }
     }
 
@@ -113,15 +160,20 @@ impl Participant {
     /// Fails when the log contradicts itself (a sign of a damaged disk).
     pub fn restore(
         id: NodeId,
+        incarnation: Incarnation,
         limits: Limits,
         snapshot: Option<Snapshot>,
         records: impl IntoIterator<Item = Record>,
     ) -> Result<Self, String> {
-        let mut p = Participant::new(id, limits);
+        let mut p = Participant::new(id, incarnation, limits);
         if let Some(s) = snapshot {
             p.store = s.store;
             p.last_committed = s.last_committed;
             p.highest_seen = s.highest_seen;
+            if let Some(v) = s.view {
+                p.view = v.clone();
+                p.durable_view = Some(v);
+            }
         }
         for record in records {
             match record {
@@ -140,17 +192,15 @@ impl Participant {
                             batch.id, old.batch.id
                         ));
                     }
-                    if batch.first_version != p.store.applied() + 1 {
-                        return Err(format!(
-                            "log holds batch {} at version {} but the replica applied up to {}",
-                            batch.id,
-                            batch.first_version,
-                            p.store.applied()
-                        ));
-                    }
+                    p.check_next(&batch, "prepared")?;
                     p.highest_seen = p.highest_seen.max(Some(batch.id));
                     let results = p.store.preview(&batch);
-                    p.pending = Some(Prepared { batch, results });
+                    let digest = p.store.digest_after(&batch);
+                    p.pending = Some(Prepared {
+                        batch,
+                        results,
+                        digest,
+                    });
                 }
                 Record::Committed(id) => match p.pending.take() {
                     Some(prep) if prep.batch.id == id => p.apply(prep.batch),
@@ -167,15 +217,54 @@ impl Participant {
                     }
                     p.highest_seen = p.highest_seen.max(Some(id));
                 }
+                Record::Discarded(id) => {
+                    if p.pending.as_ref().is_some_and(|prep| prep.batch.id == id) {
+                        p.pending = None;
+                    }
+                }
+                Record::View(v) => {
+                    if v.epoch >= p.view.epoch {
+                        p.view = v.clone();
+                    }
+                    p.durable_view = Some(v);
+                }
+                Record::Learned(batch) => {
+                    if let Some(old) = &p.pending {
+                        return Err(format!(
+                            "log holds batch {} learned while {} was still undecided",
+                            batch.id, old.batch.id
+                        ));
+                    }
+                    p.check_next(&batch, "learned")?;
+                    p.highest_seen = p.highest_seen.max(Some(batch.id));
+                    p.apply(batch);
+                }
             }
         }
         p.known_committed = p.store.applied();
         Ok(p)
     }
 
+    fn check_next(&self, batch: &Batch, what: &str) -> Result<(), String> {
+        if batch.first_version != self.store.applied() + 1 {
+            return Err(format!(
+                "log holds batch {} {what} at version {} but the replica applied up to {}",
+                batch.id,
+                batch.first_version,
+                self.store.applied()
+            ));
+        }
+        Ok(())
+    }
+
     /// This replica's id.
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// This data dir's incarnation.
+    pub fn incarnation(&self) -> Incarnation {
+        self.incarnation
     }
 
     /// The cluster this replica belongs to, once registered.
@@ -199,6 +288,43 @@ impl Participant {
         self.pending.as_ref()
     }
 
+    /// Last committed batch applied here.
+    pub fn last_committed(&self) -> Option<BatchId> {
+        self.last_committed
+    }
+
+    /// The newest view known.
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    /// The newest view made durable here.
+    pub fn durable_view(&self) -> Option<&View> {
+        self.durable_view.as_ref()
+    }
+
+    /// Whether this replica is a member of the newest view it knows.
+    pub fn is_member(&self) -> bool {
+        self.view.contains(self.id, self.incarnation)
+    }
+
+    /// Whether a catch-up is running.
+    pub fn is_catching_up(&self) -> bool {
+        self.catching_up
+    }
+
+    /// Whether a prepare showed this replica cannot follow without a copy.
+    pub fn is_out_of_sync(&self) -> bool {
+        self.out_of_sync
+    }
+
+    /// The lease left at `now`, if any.
+    pub fn lease_left(&self, now: Time) -> Option<Duration> {
+        self.lease_end
+            .filter(|end| *end > now)
+            .map(|end| now.until(end))
+    }
+
     /// Whether this replica can prove it holds every committed write (or
     /// blocks on it), which is what makes its linearizable reads safe.
     pub fn is_current(&self) -> bool {
@@ -215,10 +341,31 @@ impl Participant {
             return Step::reply(Err(e));
         }
         let batch = &req.batch;
+        if req.view.epoch != batch.id.epoch {
+            return Step::reply(Ok(Vote::No(format!(
+                "batch {} does not belong to the view it names ({})",
+                batch.id, req.view
+            ))));
+        }
+        if batch.id.epoch < self.view.epoch {
+            return Step::reply(Ok(Vote::No(format!(
+                "stale prepare for batch {}: replica {} is in epoch {}",
+                batch.id, self.id, self.view.epoch
+            ))));
+        }
+        if self.catching_up {
+            return Step::reply(Ok(Vote::OutOfSync(format!(
+                "replica {} is catching up from a peer",
+                self.id
+            ))));
+        }
         if let Some(p) = &self.pending
             && p.batch.id == batch.id
         {
-            return Step::reply(Ok(Vote::Yes(p.results.clone())));
+            return Step::reply(Ok(Vote::Yes {
+                results: p.results.clone(),
+                digest: p.digest,
+            }));
         }
         if let Some(seen) = self.highest_seen
             && batch.id <= seen
@@ -228,16 +375,52 @@ impl Participant {
                 batch.id
             ))));
         }
+        let member = req.view.contains(self.id, self.incarnation);
         let mut step = Step::reply(Ok(Vote::No(String::new())));
         // A newer round means the coordinator decided the pending batch:
-        // committed if it is the last committed one, aborted otherwise.
+        // committed if it is the last committed one, aborted if the new
+        // batch takes its versions (committed versions are never reused).
+        // A member always sees one of the two; a learner that missed rounds
+        // may see neither and must copy the truth from a peer.
         if let Some(p) = self.pending.take() {
+            step.decided = true;
             if Some(p.batch.id) == req.last_committed {
                 step.persist.push(Record::Committed(p.batch.id));
                 self.apply(p.batch);
-            } else {
+            } else if batch.first_version == p.batch.first_version {
                 step.persist.push(Record::Aborted(p.batch.id));
+                self.highest_seen = self.highest_seen.max(Some(p.batch.id));
+            } else if !member {
+                step.persist.push(Record::Discarded(p.batch.id));
+                self.out_of_sync = true;
+                step.reply = Ok(Vote::OutOfSync(format!(
+                    "learner {} held batch {} whose fate batch {} does not tell; it catches up from a peer",
+                    self.id, p.batch.id, batch.id
+                )));
+                return step;
+            } else {
+                let id = p.batch.id;
+                self.pending = Some(p);
+                step.decided = false;
+                self.out_of_sync = true;
+                step.reply = Ok(Vote::OutOfSync(format!(
+                    "replica {} holds batch {id} undecided, which batch {} (after {:?}) does not settle",
+                    self.id, batch.id, req.last_committed
+                )));
+                return step;
             }
+        }
+        // A learner one batch behind takes the batch it missed from the
+        // prepare itself.
+        if !member
+            && let Some(prev) = &req.prev
+            && Some(prev.id) == req.last_committed
+            && prev.first_version == self.store.applied() + 1
+            && prev.last_version() + 1 == batch.first_version
+        {
+            step.persist.push(Record::Learned(prev.clone()));
+            self.highest_seen = self.highest_seen.max(Some(prev.id));
+            self.apply(prev.clone());
             step.decided = true;
         }
         self.highest_seen = Some(batch.id);
@@ -246,9 +429,10 @@ impl Participant {
             self.known_committed = self
                 .known_committed
                 .max(batch.first_version.saturating_sub(1));
-            step.reply = Ok(Vote::No(if batch.first_version > next {
+            self.out_of_sync = true;
+            step.reply = Ok(Vote::OutOfSync(if batch.first_version > next {
                 format!(
-                    "replica {} is behind: it applied up to version {} but batch {} starts at {}; rebuild its data dir from a peer",
+                    "replica {} is behind: it applied up to version {} but batch {} starts at {}; it catches up from a peer",
                     self.id,
                     next - 1,
                     batch.id,
@@ -277,13 +461,28 @@ impl Participant {
             step.reply = Ok(Vote::No(e.to_string()));
             return step;
         }
+        if self.durable_view.as_ref().map(|v| v.epoch) < Some(req.view.epoch) {
+            step.persist.push(Record::View(req.view.clone()));
+            self.durable_view = Some(req.view.clone());
+        }
+        if req.view.epoch >= self.view.epoch {
+            self.view = req.view.clone();
+            if !member {
+                self.lease_end = None;
+            }
+        }
         self.known_committed = self.known_committed.max(next - 1);
         let results = self.store.preview(batch);
+        let digest = self.store.digest_after(batch);
         step.persist.push(Record::Prepared(batch.clone()));
-        step.reply = Ok(Vote::Yes(results.clone()));
+        step.reply = Ok(Vote::Yes {
+            results: results.clone(),
+            digest,
+        });
         self.pending = Some(Prepared {
             batch: batch.clone(),
             results,
+            digest,
         });
         step
     }
@@ -323,6 +522,14 @@ impl Participant {
         let is_pending = self.pending.as_ref().is_some_and(|p| p.batch.id == id);
         match decision {
             Decision::Pending => Step::reply(Ok(())),
+            Decision::Unknown => {
+                // A member waits for the next prepare to settle it; a
+                // learner copies the truth instead.
+                if is_pending && !self.is_member() {
+                    self.out_of_sync = true;
+                }
+                Step::reply(Ok(()))
+            }
             Decision::Commit if is_pending => {
                 let Some(p) = self.pending.take() else {
                     return Step::reply(Ok(()));
@@ -335,6 +542,9 @@ impl Participant {
                 }
             }
             Decision::Commit if self.last_committed.is_some_and(|c| id <= c) => Step::reply(Ok(())),
+            // A learner acknowledges a batch it does not hold: it will never
+            // ask about it, and it gets the batch with its copy.
+            Decision::Commit if !self.is_member() || self.catching_up => Step::reply(Ok(())),
             Decision::Commit => Step::reply(Err(Error::Internal(format!(
                 "commit for batch {id}, which replica {} never prepared",
                 self.id
@@ -363,10 +573,70 @@ impl Participant {
         }
     }
 
-    /// Reads `key`. Linearizable reads block on an undecided write of the key
-    /// and are refused when the replica cannot prove it is current.
-    pub fn read(&self, key: &[u8], level: ReadLevel) -> Result<Read, Error> {
+    /// A heartbeat answer for a request that left at `t0`: learns the view
+    /// and what is committed, and takes the lease if one is granted to a
+    /// member. A grant of an older epoch than known is ignored.
+    pub fn granted(&mut self, t0: Time, reply: &RenewReply) {
+        if reply.view.epoch < self.view.epoch {
+            return;
+        }
+        self.view = reply.view.clone();
+        self.known_committed = self.known_committed.max(reply.committed);
+        if !self.is_member() || self.catching_up {
+            self.lease_end = None;
+            return;
+        }
+        if let Some(ms) = reply.lease_ms {
+            let end = holder_end(t0, Duration::from_millis(ms));
+            self.lease_end = self.lease_end.max(Some(end));
+        }
+    }
+
+    /// Ends the lease at once (the coordinator revoked it). Refused when
+    /// meant for another incarnation of this id: its lease is not ours to end.
+    pub fn revoke(&mut self, incarnation: Incarnation) -> Result<(), Error> {
+        if incarnation != self.incarnation {
+            return Err(Error::ClusterMismatch(format!(
+                "revoke meant for incarnation {incarnation:016x} of replica {}, this is {:016x}",
+                self.id, self.incarnation
+            )));
+        }
+        self.lease_end = None;
+        Ok(())
+    }
+
+    /// Reads `key` at `now`. Linearizable reads need a member with a live
+    /// lease that is current; they block on an undecided write of the key.
+    pub fn read(&self, key: &[u8], level: ReadLevel, now: Time) -> Result<Read, Error> {
         if level == ReadLevel::Linearizable {
+            if self.catching_up || !self.is_member() {
+                return Err(Error::NotMember(format!(
+                    "replica {} is not a member of {} ({}); read at another replica or use --serializable",
+                    self.id,
+                    self.view,
+                    if self.catching_up {
+                        "it is catching up"
+                    } else {
+                        "it is a learner or was dropped"
+                    }
+                )));
+            }
+            match self.lease_end {
+                Some(end) if now < end => {}
+                Some(end) => {
+                    return Err(Error::LeaseExpired(format!(
+                        "replica {}'s lease ended {} ms ago (it cannot reach the coordinator, or was paused); read at another replica or use --serializable",
+                        self.id,
+                        now.since(end).as_millis()
+                    )));
+                }
+                None => {
+                    return Err(Error::LeaseExpired(format!(
+                        "replica {} holds no lease yet; read at another replica or use --serializable",
+                        self.id
+                    )));
+                }
+            }
             if !self.is_current() {
                 return Err(Error::NotCurrent(format!(
                     "replica {} applied up to version {} but version {} is committed; read at another replica or use --serializable",
@@ -393,6 +663,7 @@ impl Participant {
             store: self.store.clone(),
             last_committed: self.last_committed,
             highest_seen: self.highest_seen,
+            view: self.durable_view.clone(),
         };
         let carry = self
             .pending
@@ -402,8 +673,146 @@ impl Participant {
         (snap, carry)
     }
 
+    // ---- catch-up, learner side ----
+
+    /// Starts a catch-up: no lease, no votes, and the undecided batch (if
+    /// any) is dropped, since its fate comes with the copy.
+    pub fn begin_catch_up(&mut self) -> Step<()> {
+        self.catching_up = true;
+        self.out_of_sync = false;
+        self.lease_end = None;
+        let mut step = Step::reply(());
+        if let Some(p) = self.pending.take() {
+            step.persist.push(Record::Discarded(p.batch.id));
+            step.decided = true;
+        }
+        step
+    }
+
+    /// Replaces the data with a copied snapshot, already durable on disk as
+    /// this replica's own snapshot.
+    pub fn install(&mut self, snap: Snapshot) {
+        self.store = snap.store;
+        self.last_committed = snap.last_committed;
+        self.highest_seen = self.highest_seen.max(snap.highest_seen);
+        self.pending = None;
+        self.window.clear();
+        self.known_committed = self.known_committed.max(self.store.applied());
+    }
+
+    /// Applies a committed batch copied from a member, after checking it
+    /// follows the applied version and yields the member's digest.
+    pub fn learn(&mut self, lb: LearnedBatch) -> Result<Step<()>, String> {
+        if self.pending.is_some() {
+            return Err("a batch is still undecided; catch-up must drop it first".into());
+        }
+        let b = &lb.batch;
+        if b.first_version != self.store.applied() + 1 {
+            return Err(format!(
+                "batch {} starts at version {} but this replica applied up to {}",
+                b.id,
+                b.first_version,
+                self.store.applied()
+            ));
+        }
+        let digest = self.store.digest_after(b);
+        if digest != lb.digest {
+            return Err(format!(
+                "after batch {} this replica's digest would be {digest:032x} but the source's is {:032x}",
+                b.id, lb.digest
+            ));
+        }
+        self.highest_seen = self.highest_seen.max(Some(b.id));
+        self.apply(lb.batch.clone());
+        Ok(Step {
+            persist: vec![Record::Learned(lb.batch)],
+            reply: (),
+            decided: true,
+        })
+    }
+
+    /// Ends the catch-up: the replica follows prepares again.
+    pub fn finish_catch_up(&mut self) {
+        self.catching_up = false;
+        self.out_of_sync = false;
+    }
+
+    // ---- catch-up, source side ----
+
+    /// Whether this replica can serve the log right after `applied` to a
+    /// learner whose digest there is `digest`.
+    pub fn can_serve_log(&self, applied: Version, digest: u128) -> bool {
+        if applied == self.store.applied() {
+            return digest == self.store.digest();
+        }
+        if applied > self.store.applied() {
+            return false;
+        }
+        let known = if applied == 0 {
+            Some(0)
+        } else {
+            self.window.digest_at(applied)
+        };
+        known == Some(digest) && self.window.after(applied, 1).is_some()
+    }
+
+    /// The committed batches after `after`, up to about `max_bytes`.
+    pub fn log_after(&self, after: Version, max_bytes: usize) -> Result<LogChunk, Error> {
+        let batches = if after == self.store.applied() {
+            Vec::new()
+        } else if after > self.store.applied() {
+            return Err(Error::Unavailable(format!(
+                "replica {} applied only up to version {}, behind the asked {after}; catch up from another member",
+                self.id,
+                self.store.applied()
+            )));
+        } else {
+            self.window.after(after, max_bytes).ok_or_else(|| {
+                Error::Unavailable(format!(
+                    "replica {} no longer holds the log after version {after}; start over with a snapshot",
+                    self.id
+                ))
+            })?
+        };
+        Ok(LogChunk {
+            batches,
+            source_applied: self.store.applied(),
+            source_digest: self.store.digest(),
+        })
+    }
+
+    /// Keeps the log after `version` for a transfer.
+    pub fn pin(&mut self, transfer: u64, version: Version) {
+        self.window.pin(transfer, version);
+    }
+
+    /// Releases a transfer's pin.
+    pub fn unpin(&mut self, transfer: u64) {
+        self.window.unpin(transfer);
+    }
+
+    /// Whether a transfer's pin still holds.
+    pub fn is_pinned(&self, transfer: u64) -> bool {
+        self.window.is_pinned(transfer)
+    }
+
+    /// The committed state to copy to a learner.
+    pub fn image(&self) -> Snapshot {
+        Snapshot {
+            store: self.store.clone(),
+            last_committed: self.last_committed,
+            highest_seen: self.highest_seen,
+            view: None,
+        }
+    }
+
     fn apply(&mut self, batch: Batch) {
         self.last_committed = Some(batch.id);
+        let digest = self.store.digest_after(&batch);
+        self.window.push(LearnedBatch {
+            batch: batch.clone(),
+            digest,
+        });
         self.store.apply(batch);
         self.known_committed = self.known_committed.max(self.store.applied());
     }
@@ -430,6 +839,7 @@ impl Participant {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::view::Member;
     use crate::types::Op;
     use proptest::prelude::*;
 
@@ -446,6 +856,17 @@ mod tests {
         }
     }
 
+    fn view(epoch: u64) -> View {
+        View {
+            epoch,
+            members: vec![Member {
+                id: 1,
+                incarnation: 1,
+                since: 1,
+            }],
+        }
+    }
+
     proptest! {
         /// Restoring from a snapshot taken at any point plus the log written
         /// after it gives exactly the state a replay of the whole log gives.
@@ -459,7 +880,7 @@ mod tests {
             snapshot_mid_round in any::<bool>(),
             leave_last_pending in any::<bool>(),
         ) {
-            let mut p = Participant::new(1, Limits::default());
+            let mut p = Participant::new(1, 1, Limits::default());
             p.registered(CLUSTER, 0);
             let mut full: Vec<Record> = Vec::new();
             let mut suffix: Option<(Snapshot, Vec<Record>)> = None;
@@ -479,9 +900,9 @@ mod tests {
                     ops: ops.into_iter().map(|(k, v)| op(k, v)).collect(),
                 };
                 let id = batch.id;
-                let req = PrepareRequest { cluster: CLUSTER, to: 1, batch, last_committed };
+                let req = PrepareRequest { cluster: CLUSTER, to: 1, batch, last_committed, view: view(1), prev: None };
                 let step = p.prepare(&req);
-                prop_assert!(matches!(step.reply, Ok(Vote::Yes(_))));
+                prop_assert!(matches!(step.reply, Ok(Vote::Yes { .. })), "prepare voted {:?}", step.reply);
                 if let Some((_, tail)) = suffix.as_mut() {
                     tail.extend(step.persist.iter().cloned());
                 }
@@ -500,11 +921,12 @@ mod tests {
                     last_committed = Some(id);
                 }
             }
-            let replayed = Participant::restore(1, Limits::default(), None, full).unwrap();
+            let replayed = Participant::restore(1, 1, Limits::default(), None, full).unwrap();
             prop_assert_eq!(replayed.store(), p.store());
             prop_assert_eq!(replayed.pending(), p.pending());
+            prop_assert_eq!(replayed.view(), p.view());
             if let Some((snap, tail)) = suffix {
-                let restored = Participant::restore(1, Limits::default(), Some(snap), tail).unwrap();
+                let restored = Participant::restore(1, 1, Limits::default(), Some(snap), tail).unwrap();
                 prop_assert_eq!(restored.store(), replayed.store());
                 prop_assert_eq!(restored.store().digest(), replayed.store().digest());
                 prop_assert_eq!(restored.pending(), replayed.pending());

@@ -26,19 +26,28 @@
 //!
 //! The hand-written tests each walk one fault through the protocol; the
 //! proptest at the end throws random interleavings of the same faults at it
-//! (fixed seed, so every run is the same) and then heals the cluster. Tests
-//! are Rust rather than `testscripts/` files: the oracle checks need the
-//! whole history, which a golden transcript would only print.
+//! (fixed seed, so every run is the same) and then heals the cluster.
+//!
+//! This simulator covers the 2PC core with a fixed membership: every
+//! participant is a member from the start, `min_members` is the whole
+//! cluster (so nobody is ever dropped), and leases last an hour of
+//! simulated time, which moves one second per `tick`. Views, leases,
+//! drops and catch-up are exercised by the text scenarios in
+//! `testscripts/` (see `script.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 
+use std::time::Duration;
+
 use super::coordinator::{self, Action, BatchLimits, Coordinator, Message, Recovered};
 use super::participant::{self, Participant, Read, Snapshot};
+use super::view::{Member, View};
+use crate::clock::Time;
 use crate::error::Error;
-use crate::rpc::{Decision, DecisionRequest, PrepareRequest, Vote};
+use crate::rpc::{CatchupState, Decision, DecisionRequest, PrepareRequest, RenewRequest, Vote};
 use crate::store::Store;
 use crate::types::{Batch, BatchId, ClusterId, Limits, NodeId, Op, OpResult, ReadLevel, Version};
 
@@ -68,6 +77,8 @@ enum Packet {
         batch: BatchId,
         result: Result<(), Error>,
     },
+    /// Participant → coordinator: the answer to a revoke.
+    Revoked { inc: u32, from: NodeId, epoch: u64 },
 }
 
 fn prepare_to(n: NodeId) -> impl Fn(&Packet) -> bool + Copy {
@@ -196,7 +207,10 @@ struct Sim {
     /// by [`Sim::commit_durable`], so a test can crash it in between.
     hold_durable: bool,
     durable: Vec<BatchId>,
+    durable_views: Vec<u64>,
     timers: Vec<BatchId>,
+    /// Simulated time; moves only in `tick`.
+    now: Time,
     net: Vec<Packet>,
     next_token: Token,
     submitted: BTreeMap<Token, Op>,
@@ -213,12 +227,22 @@ impl Sim {
         Sim::with(n, |_| Limits::default(), BatchLimits::default())
     }
 
+    fn config(n: u32, batch_limits: BatchLimits) -> coordinator::Config {
+        coordinator::Config {
+            limits: batch_limits,
+            lease: Duration::from_secs(3600),
+            heartbeat: Duration::from_secs(600),
+            min_members: n as usize,
+            ..coordinator::Config::new(CLUSTER, n)
+        }
+    }
+
     fn with(n: u32, limits: impl Fn(NodeId) -> Limits, batch_limits: BatchLimits) -> Sim {
         let ids: Vec<NodeId> = (1..=n).collect();
         let nodes = ids
             .iter()
             .map(|&id| {
-                let mut p = Participant::new(id, limits(id));
+                let mut p = Participant::new(id, id as u64, limits(id));
                 p.registered(CLUSTER, 0);
                 let node = Node {
                     limits: limits(id),
@@ -230,8 +254,23 @@ impl Sim {
                 (id, node)
             })
             .collect();
-        let (coord, actions) =
-            Coordinator::start(CLUSTER, ids.clone(), batch_limits, Recovered::default());
+        // A cluster bootstrapped with every participant a member since epoch 0.
+        let recovered = Recovered {
+            view: View {
+                epoch: 0,
+                members: ids
+                    .iter()
+                    .map(|&id| Member {
+                        id,
+                        incarnation: id as u64,
+                        since: 0,
+                    })
+                    .collect(),
+            },
+            ..Recovered::default()
+        };
+        let now = Time(1_000_000);
+        let (coord, actions) = Coordinator::start(Sim::config(n, batch_limits), recovered, now);
         let mut sim = Sim {
             ids,
             route: BTreeMap::new(),
@@ -242,7 +281,9 @@ impl Sim {
             inc: 0,
             hold_durable: false,
             durable: Vec::new(),
+            durable_views: Vec::new(),
             timers: Vec::new(),
+            now,
             net: Vec::new(),
             next_token: 1,
             submitted: BTreeMap::new(),
@@ -252,7 +293,35 @@ impl Sim {
             stopped: false,
         };
         sim.run(actions);
+        sim.renew_all();
         sim
+    }
+
+    /// Every participant renews its lease, as its heartbeat would.
+    fn renew_all(&mut self) {
+        for id in self.ids.clone() {
+            self.renew(id);
+        }
+    }
+
+    fn renew(&mut self, id: NodeId) {
+        let p = self.p(id);
+        let req = RenewRequest {
+            cluster: CLUSTER,
+            id,
+            incarnation: p.incarnation(),
+            epoch: p.view().epoch,
+            applied: p.store().applied(),
+            digest: p.store().digest(),
+            pending: p.pending().map(|x| x.batch.id),
+            catchup: CatchupState::Idle,
+        };
+        let now = self.now;
+        let (reply, actions) = self.coord.renew(&req, now);
+        if let Ok(reply) = reply {
+            self.p_mut(id).granted(now, &reply);
+        }
+        self.run(actions);
     }
 
     fn p(&self, id: NodeId) -> &Participant {
@@ -275,7 +344,7 @@ impl Sim {
         let token = self.next_token;
         self.next_token += 1;
         self.submitted.insert(token, op.clone());
-        let actions = self.coord.submit(op, token);
+        let actions = self.coord.submit(op, token, self.now);
         self.run(actions);
         token
     }
@@ -297,7 +366,7 @@ impl Sim {
     }
 
     fn read(&self, id: NodeId, key: &str, level: ReadLevel) -> Result<Read, Error> {
-        self.p(id).read(key.as_bytes(), level)
+        self.p(id).read(key.as_bytes(), level, self.now)
     }
 
     // ---- the coordinator's actions ----------------------------------------
@@ -307,9 +376,15 @@ impl Sim {
             match action {
                 Action::Persist(record) => {
                     self.coord_log.push(record.clone());
-                    if let coordinator::Record::Commit { batch, first, last } = record {
-                        self.oracle.commit(batch, first, last);
-                        self.durable.push(batch);
+                    match record {
+                        coordinator::Record::Commit {
+                            batch, first, last, ..
+                        } => {
+                            self.oracle.commit(batch, first, last);
+                            self.durable.push(batch);
+                        }
+                        coordinator::Record::View(v) => self.durable_views.push(v.epoch),
+                        _ => {}
                     }
                 }
                 Action::Send { to, msg } => {
@@ -328,6 +403,7 @@ impl Sim {
                     }
                 }
                 Action::ArmTimer(batch) => self.timers.push(batch),
+                Action::Suspected { .. } | Action::ViewChanged { .. } => {}
             }
         }
         if !self.hold_durable {
@@ -337,8 +413,12 @@ impl Sim {
 
     /// Tells the coordinator its held COMMIT records are durable.
     fn commit_durable(&mut self) {
+        for epoch in std::mem::take(&mut self.durable_views) {
+            let actions = self.coord.view_durable(epoch, self.now);
+            self.run(actions);
+        }
         for batch in std::mem::take(&mut self.durable) {
-            let actions = self.coord.commit_durable(batch);
+            let actions = self.coord.commit_durable(batch, self.now);
             self.run(actions);
         }
     }
@@ -346,13 +426,16 @@ impl Sim {
     /// Fires every armed prepare timer.
     fn timeout(&mut self) {
         for batch in std::mem::take(&mut self.timers) {
-            let actions = self.coord.prepare_timeout(batch);
+            let actions = self.coord.prepare_timeout(batch, self.now);
             self.run(actions);
         }
     }
 
+    /// One second passes and the coordinator ticks (resending what is
+    /// not acknowledged).
     fn tick(&mut self) {
-        let actions = self.coord.tick();
+        self.now = self.now.plus(Duration::from_secs(1));
+        let actions = self.coord.tick(self.now);
         self.run(actions);
     }
 
@@ -432,9 +515,9 @@ impl Sim {
                 vote,
             } => {
                 if inc == self.inc {
-                    let actions = self
-                        .coord
-                        .vote(from, batch, vote.map_err(|e| e.to_string()));
+                    let actions =
+                        self.coord
+                            .vote(from, batch, vote.map_err(|e| e.to_string()), self.now);
                     self.run(actions);
                 }
             }
@@ -446,6 +529,12 @@ impl Sim {
             } => {
                 if inc == self.inc && result.is_ok() {
                     let actions = self.coord.acked(from, batch);
+                    self.run(actions);
+                }
+            }
+            Packet::Revoked { inc, from, epoch } => {
+                if inc == self.inc {
+                    let actions = self.coord.revoked(from, epoch, self.now);
                     self.run(actions);
                 }
             }
@@ -492,6 +581,20 @@ impl Sim {
                     },
                 )
             }
+            Message::Revoke(r) => {
+                let ok = node.p.revoke(r.incarnation).is_ok();
+                if !ok {
+                    return;
+                }
+                (
+                    Vec::new(),
+                    Packet::Revoked {
+                        inc,
+                        from: to,
+                        epoch: r.epoch,
+                    },
+                )
+            }
         };
         match fate {
             Fate::Normal => {
@@ -529,9 +632,16 @@ impl Sim {
     fn restart(&mut self, id: NodeId) {
         let committed = self.coord.committed();
         let node = self.node(id);
-        node.p = Participant::restore(id, node.limits, node.snapshot.clone(), node.log.clone())
-            .unwrap_or_else(|e| panic!("participant {id} cannot restore its own log: {e}"));
+        node.p = Participant::restore(
+            id,
+            id as u64,
+            node.limits,
+            node.snapshot.clone(),
+            node.log.clone(),
+        )
+        .unwrap_or_else(|e| panic!("participant {id} cannot restore its own log: {e}"));
         node.p.registered(node.cluster, committed);
+        self.renew(id);
     }
 
     /// Takes a snapshot of `id`; its log restarts with the carried records.
@@ -571,11 +681,12 @@ impl Sim {
             }
         }
         let recovered = Recovered::replay(self.coord_log.clone());
-        let (coord, actions) =
-            Coordinator::start(CLUSTER, self.ids.clone(), self.batch_limits, recovered);
+        let cfg = Sim::config(self.ids.len() as u32, self.batch_limits);
+        let (coord, actions) = Coordinator::start(cfg, recovered, self.now);
         self.coord = coord;
         self.stopped = false;
         self.run(actions);
+        self.commit_durable();
     }
 
     /// Participant `id` asks the coordinator about its pending batch and
@@ -584,7 +695,7 @@ impl Sim {
         let batch = self.p(id).pending()?.batch.id;
         let decision = self
             .coord
-            .resolve(batch)
+            .resolve(id, id as u64, batch)
             .unwrap_or_else(|e| panic!("resolve of {batch} for participant {id}: {e}"));
         let node = self.node(id);
         let step = node.p.resolved(batch, decision);
@@ -611,6 +722,7 @@ impl Sim {
             self.timeout();
             for id in self.ids.clone() {
                 self.resolve(id);
+                self.renew(id);
             }
             let quiet = self.net.is_empty()
                 && self.coord.is_idle()
@@ -638,9 +750,14 @@ impl Sim {
                     "replica {id} at version {applied} does not hold the committed history"
                 );
             }
-            let rebuilt =
-                Participant::restore(id, node.limits, node.snapshot.clone(), node.log.clone())
-                    .unwrap_or_else(|e| panic!("participant {id} cannot restore its own log: {e}"));
+            let rebuilt = Participant::restore(
+                id,
+                id as u64,
+                node.limits,
+                node.snapshot.clone(),
+                node.log.clone(),
+            )
+            .unwrap_or_else(|e| panic!("participant {id} cannot restore its own log: {e}"));
             assert_eq!(
                 rebuilt.store(),
                 store,
@@ -949,9 +1066,10 @@ fn a_replica_that_lost_its_data_votes_no_and_refuses_linearizable_reads() {
             "replica {id} applied an aborted write"
         );
     }
+    // Its out-of-sync vote made the coordinator revoke its lease.
     assert!(matches!(
         sim.read(4, "a", ReadLevel::Linearizable),
-        Err(Error::NotCurrent(_))
+        Err(Error::LeaseExpired(_))
     ));
     sim.check_replicas();
     sim.check_clients();
@@ -964,7 +1082,10 @@ fn prepare_timeout_aborts_and_the_late_prepare_after_the_abort_votes_no() {
     sim.settle_except(prepare_to(5));
     assert!(sim.reply(t).is_none(), "the round waits for replica 5");
     sim.timeout();
-    sim.assert_aborted(t, "timed out waiting for replica(s) 5");
+    sim.assert_aborted(
+        t,
+        "replica 5 cannot take part (it did not vote on batch 1.1 before the prepare timed out)",
+    );
 
     // The abort overtakes the prepare it cancels.
     sim.settle_except(prepare_to(5));
@@ -992,7 +1113,7 @@ fn prepare_timeout_then_slow_prepare_then_abort_applies_nothing() {
 
     // The slow replica prepares after the decision; its YES is ignored.
     sim.deliver(prepare_to(5));
-    assert!(matches!(sim.vote_in_flight(5), Ok(Vote::Yes(_))));
+    assert!(matches!(sim.vote_in_flight(5), Ok(Vote::Yes { .. })));
     assert!(sim.p(5).pending().is_some());
     sim.settle();
     assert!(
@@ -1184,7 +1305,7 @@ fn duplicated_prepare_commit_and_abort_get_the_same_answer_and_apply_once() {
             unreachable!()
         };
         assert_eq!(a, b, "replica {id} answered a repeated prepare differently");
-        assert!(matches!(a, Ok(Vote::Yes(_))));
+        assert!(matches!(a, Ok(Vote::Yes { .. })));
     }
     sim.settle_except(any_commit);
     for id in 1..=5 {
@@ -1378,7 +1499,10 @@ fn coordinator_log_compaction_between_commit_record_and_commit_durable_keeps_the
         (1, Some(batch_id(1, 1))),
         "the restarted coordinator forgot an acknowledged commit"
     );
-    assert_eq!(sim.coord.resolve(batch_id(1, 1)), Ok(Decision::Commit));
+    assert_eq!(
+        sim.coord.resolve(1, 1, batch_id(1, 1)),
+        Ok(Decision::Commit)
+    );
     sim.heal();
     let t2 = sim.submit(put("b", "2"));
     sim.settle();
@@ -1413,7 +1537,7 @@ fn participant_crash_before_persisting_prepared_loses_its_vote_and_the_round_abo
     sim.settle();
     assert!(sim.reply(t).is_none());
     sim.timeout();
-    sim.assert_aborted(t, "replica(s) 3");
+    sim.assert_aborted(t, "replica 3 cannot take part (it did not vote");
     sim.settle();
     let t2 = sim.submit(put("a", "2"));
     sim.settle();
@@ -1547,6 +1671,8 @@ fn participant_restores_from_a_snapshot_with_the_carried_pending_batch() {
         to: 2,
         batch: sim.oracle.proposed[&batch_id(1, 1)].clone(),
         last_committed: None,
+        view: sim.coord.view().clone(),
+        prev: None,
     };
     let step = sim.p_mut(2).prepare(&stale);
     assert!(step.persist.is_empty());
@@ -1656,8 +1782,13 @@ fn requests_from_another_cluster_get_cluster_mismatch_and_abort_the_round() {
     let foreign = PrepareRequest {
         cluster: ClusterId(7),
         to: 1,
+        view: View {
+            epoch: 9,
+            members: Vec::new(),
+        },
         batch,
         last_committed: None,
+        prev: None,
     };
     let step = p.prepare(&foreign);
     assert!(step.persist.is_empty());
@@ -1703,7 +1834,7 @@ fn misrouted_requests_get_cluster_mismatch_and_abort_the_round() {
             .all(|n| n.p.store().applied() == 0 && n.p.pending().is_none())
     );
 
-    let unregistered = Participant::new(4, Limits::default());
+    let unregistered = Participant::new(4, 4, Limits::default());
     let d = DecisionRequest {
         cluster: CLUSTER,
         to: 4,
@@ -1728,7 +1859,10 @@ fn resolve_says_pending_while_undecided_then_the_decision() {
     assert_eq!(sim.p(1).store().applied(), 1);
     sim.settle();
     // An already-applied commit resent later is acknowledged without effect.
-    assert_eq!(sim.coord.resolve(batch_id(1, 1)), Ok(Decision::Commit));
+    assert_eq!(
+        sim.coord.resolve(1, 1, batch_id(1, 1)),
+        Ok(Decision::Commit)
+    );
     sim.check_all();
 }
 
@@ -1902,7 +2036,9 @@ impl Sim {
                     Ok(Read::Blocked(batch)) => {
                         assert_eq!(self.p(id).pending().map(|p| p.batch.id), Some(batch));
                     }
-                    Err(e) => panic!("replica {id} refused a linearizable read: {e}"),
+                    // A replica whose lease a revoke ended refuses: never stale.
+                    Err(e) if e.read_elsewhere() => {}
+                    Err(e) => panic!("replica {id} failed a linearizable read: {e}"),
                 }
             }
         }
