@@ -58,6 +58,9 @@ pub trait Peer {
     /// Ends this replica's lease at once; Ok means it serves no more
     /// linearizable reads until granted a new one.
     async fn revoke(req: RevokeRequest) -> Result<(), Error>;
+    /// The coordinator asks a learner where it stands before it joins: an
+    /// answer proves the coordinator can reach it.
+    async fn probe(req: ProbeRequest) -> Result<ProbeReply, Error>;
     /// A learner asks this member how it can catch up: the log after its
     /// applied version, or a pinned snapshot first.
     async fn catchup_begin(req: CatchupRequest) -> Result<CatchupPlan, Error>;
@@ -196,6 +199,30 @@ pub struct RevokeRequest {
     pub incarnation: Incarnation,
     /// The coordinator's epoch.
     pub epoch: u64,
+}
+
+/// The coordinator asks a learner where it stands.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct ProbeRequest {
+    /// The sender's cluster.
+    pub cluster: ClusterId,
+    /// The participant the message is meant for.
+    pub to: NodeId,
+    /// The coordinator's epoch.
+    pub epoch: u64,
+}
+
+/// Where a learner stands.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct ProbeReply {
+    /// Its incarnation.
+    pub incarnation: Incarnation,
+    /// Its applied version.
+    pub applied: Version,
+    /// Its digest at `applied`.
+    pub digest: u128,
+    /// Whether it holds a batch undecided, or is copying.
+    pub busy: bool,
 }
 
 /// A participant introduces itself.

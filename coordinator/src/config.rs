@@ -51,9 +51,9 @@ pub struct Config {
 
     /// Fewest members writes go on with: a member is never dropped below
     /// this, and with fewer members writes stop rather than commit on too
-    /// few copies.
-    #[arg(long, env = "QUINTET_MIN_PARTICIPANTS", default_value_t = 3)]
-    pub min_participants: usize,
+    /// few copies [default: 3, or every participant when there are fewer].
+    #[arg(long, env = "QUINTET_MIN_PARTICIPANTS")]
+    pub min_participants: Option<usize>,
 
     /// Most writes in one batch.
     #[arg(long, env = "QUINTET_MAX_BATCH_OPS", default_value_t = 1024)]
@@ -69,6 +69,13 @@ pub struct Config {
 }
 
 impl Config {
+    /// `--min-participants` after its default.
+    pub fn min_members(&self) -> usize {
+        self.min_participants
+            .unwrap_or(3)
+            .min(self.participants.len())
+    }
+
     /// Checks what clap cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
         let n = self.participants.len();
@@ -81,10 +88,11 @@ impl Config {
         if self.max_batch_ops == 0 {
             anyhow::bail!("--max-batch-ops must be at least 1");
         }
-        if self.min_participants == 0 || self.min_participants > n {
+        if let Some(m) = self.min_participants
+            && (m == 0 || m > n)
+        {
             anyhow::bail!(
-                "--min-participants {} is out of range: give 1 to {n} (the number of --participants)",
-                self.min_participants
+                "--min-participants {m} is out of range: give 1 to {n} (the number of --participants)"
             );
         }
         if self.heartbeat.is_zero() || self.lease < self.heartbeat * 3 {

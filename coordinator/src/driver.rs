@@ -46,6 +46,8 @@ pub enum Event {
     Acked(NodeId, BatchId),
     /// A suspect member acknowledged the revoke of its lease in an epoch.
     Revoked(NodeId, u64),
+    /// A learner answered a probe sent in an epoch.
+    Probed(NodeId, u64, quintet_common::rpc::ProbeReply),
     /// The prepare timer of a batch fired.
     Timeout(BatchId),
     /// The COMMIT record of a batch is durable.
@@ -187,6 +189,10 @@ impl Driver {
             Event::Vote(from, batch, vote) => self.sm.vote(from, batch, vote, now),
             Event::Acked(from, batch) => self.sm.acked(from, batch),
             Event::Revoked(from, epoch) => self.sm.revoked(from, epoch, now),
+            Event::Probed(from, epoch, reply) => {
+                self.sm.probed(from, epoch, reply);
+                Vec::new()
+            }
             Event::Timeout(batch) => self.sm.prepare_timeout(batch, now),
             Event::CommitDurable(batch) => self.sm.commit_durable(batch, now),
             Event::ViewDurable(epoch) => self.sm.view_durable(epoch, now),
@@ -350,6 +356,19 @@ async fn send(
                 }
                 Ok(Err(e)) => debug!(node = to, error = %e, "revoke refused"),
                 Err(e) => debug!(node = to, error = %describe(&e), "revoke not delivered"),
+            }
+        }
+        Message::Probe(req) => {
+            let epoch = req.epoch;
+            let answer = link
+                .call(|ch| async move { peer_conn(ch).probe(ctx, req).await })
+                .await;
+            match answer {
+                Ok(Ok(reply)) => {
+                    let _ = tx.send(Event::Probed(to, epoch, reply));
+                }
+                Ok(Err(e)) => debug!(node = to, error = %e, "probe refused"),
+                Err(e) => debug!(node = to, error = %describe(&e), "probe not delivered"),
             }
         }
         Message::Commit(req) | Message::Abort(req) => {

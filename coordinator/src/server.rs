@@ -74,7 +74,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         },
         lease: config.lease,
         heartbeat: config.heartbeat,
-        min_members: config.min_participants,
+        min_members: config.min_members(),
         queue_timeout: config.prepare_timeout * 4,
         resend_every: Duration::from_secs(1),
     };
@@ -106,7 +106,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         %cluster,
         epoch,
         members = ?view.ids().collect::<Vec<_>>(),
-        min_participants = config.min_participants,
+        min_participants = config.min_members(),
         committed = recovered.committed,
         unacked = recovered.unacked.len(),
         listen = %config.listen,

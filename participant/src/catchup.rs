@@ -78,6 +78,8 @@ enum State {
 #[derive(Debug, Default)]
 pub struct CatchupTask {
     state: State,
+    /// The member last copied, kept for closing small gaps while following.
+    source: Option<(NodeId, Arc<PeerLink>)>,
 }
 
 impl CatchupTask {
@@ -107,6 +109,11 @@ impl CatchupTask {
             }),
             _ => None,
         }
+    }
+
+    /// Whether it has caught up and follows prepares as a learner.
+    pub fn is_following(&self) -> bool {
+        matches!(self.state, State::Following { .. })
     }
 
     /// The coordinator says this replica is a member.
@@ -193,6 +200,9 @@ pub async fn run(node: Arc<Node>, source: Source) {
                 since: Instant::now(),
                 behind: 0,
             };
+            // Tell the coordinator now, not at the next heartbeat: under
+            // load every heartbeat's worth of rounds is a gap to close.
+            node.renew_now.notify_one();
         }
         Err(why) => {
             warn!(
@@ -214,7 +224,8 @@ async fn attempt(node: &Node, source: &Source) -> Result<Progress, String> {
     if source.addr.is_empty() {
         return Err(format!("no address known for participant {}", source.id));
     }
-    let link = PeerLink::new(source.addr.clone(), Duration::from_secs(2));
+    let link = Arc::new(PeerLink::new(source.addr.clone(), Duration::from_secs(2)));
+    node.task().source = Some((source.id, link.clone()));
     node.step(|sm| sm.begin_catch_up())
         .await
         .map_err(|e| e.to_string())?;
@@ -325,6 +336,68 @@ async fn attempt(node: &Node, source: &Source) -> Result<Progress, String> {
             }
             Next::Failed(why) => return Err(why),
         };
+    }
+}
+
+/// Brings a following learner up to `target` with committed batches from
+/// its source, before it prepares a batch that starts after them. Gives up
+/// quietly after a few calls; the prepare then says how far behind it is.
+pub async fn close_gap(node: &Node, target: quintet_common::types::Version) {
+    let Some((source, link)) = node.task().source.clone() else {
+        return;
+    };
+    let Some(cluster) = node.lock().sm.cluster() else {
+        return;
+    };
+    for _ in 0..4 {
+        let after = node.lock().sm.store().applied();
+        if after >= target {
+            return;
+        }
+        let req = LogRequest {
+            cluster,
+            transfer: None,
+            after,
+            max_bytes: CHUNK_BYTES,
+        };
+        let ctx = context_with_timeout(Duration::from_millis(500));
+        let chunk = match link
+            .call(|ch| async move { peer_conn(ch).catchup_log(ctx, req).await })
+            .await
+        {
+            Ok(Ok(chunk)) => chunk,
+            Ok(Err(e)) => {
+                tracing::debug!(node = node.id(), source, error = %e, "cannot close the gap");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(node = node.id(), source, error = %e, "cannot close the gap");
+                return;
+            }
+        };
+        if chunk.batches.is_empty() {
+            return;
+        }
+        let durable = {
+            let mut g = node.lock();
+            for lb in chunk.batches {
+                match g.sm.learn(lb) {
+                    Ok(step) => {
+                        for r in &step.persist {
+                            g.log.append(encode(r));
+                        }
+                    }
+                    Err(why) => {
+                        warn!(node = node.id(), source, reason = %why, "a batch from the source does not follow on");
+                        break;
+                    }
+                }
+            }
+            g.log.wait_durable(g.log.last_lsn())
+        };
+        if let Err(e) = durable.await {
+            fatal_log(node.id(), e);
+        }
     }
 }
 

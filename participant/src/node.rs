@@ -61,6 +61,12 @@ pub struct Node {
     registered: AtomicBool,
     pub(crate) catchup: Mutex<CatchupTask>,
     pub(crate) transfers: Transfers,
+    /// Wakes the heartbeat loop for an early renewal (a learner that just
+    /// caught up says so at once).
+    pub(crate) renew_now: tokio::sync::Notify,
+    /// Serializes prepares, so a learner closing a gap before one prepare
+    /// does not race the next.
+    prepare_turn: tokio::sync::Mutex<()>,
 }
 
 /// What the node needs besides its state.
@@ -111,6 +117,8 @@ impl Node {
             registered: AtomicBool::new(false),
             catchup: Mutex::new(CatchupTask::default()),
             transfers: Transfers::default(),
+            renew_now: tokio::sync::Notify::new(),
+            prepare_turn: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -311,6 +319,23 @@ impl Node {
         }
     }
 
+    /// Phase 1. A learner that follows its source but is a few batches
+    /// behind this prepare first fetches them from the source; its vote does
+    /// not count, so taking a round trip longer holds up nobody.
+    pub async fn prepare(
+        &self,
+        req: quintet_common::rpc::PrepareRequest,
+    ) -> Result<Result<quintet_common::rpc::Vote, Error>, Error> {
+        let _turn = self.prepare_turn.lock().await;
+        let gap = self.lock().sm.learner_gap(&req);
+        if let Some(target) = gap
+            && self.task().is_following()
+        {
+            crate::catchup::close_gap(self, target).await;
+        }
+        self.step(|sm| sm.prepare(&req)).await
+    }
+
     /// Ends the lease at once, if the revoke is meant for this replica.
     pub fn revoke(&self, req: quintet_common::rpc::RevokeRequest) -> Result<(), Error> {
         let mut g = self.lock();
@@ -323,7 +348,7 @@ impl Node {
                 )));
             }
         }
-        g.sm.revoke(req.incarnation)?;
+        g.sm.revoke(req.incarnation, clock::now())?;
         drop(g);
         info!(
             node = self.id,
@@ -395,7 +420,10 @@ impl Node {
         let mut failing = false;
         let mut next = tokio::time::Instant::now();
         loop {
-            tokio::time::sleep_until(next).await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = self.renew_now.notified() => {}
+            }
             next = tokio::time::Instant::now() + self.heartbeat;
             self.transfers.expire(self.as_ref());
             let Some(req) = self.renew_request() else {

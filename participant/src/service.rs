@@ -11,8 +11,8 @@ use quintet_common::error::Error;
 use quintet_common::net::context_with_timeout;
 use quintet_common::rpc::{
     Admin, CatchupPlan, CatchupRequest, ChunkRequest, CoordinatorStatus, DecisionRequest, GetReply,
-    Health, Kv, LogChunk, LogRequest, ParticipantStatus, Peer, PrepareRequest, RevokeRequest,
-    SnapshotChunk, Vote, WriteReply, coord_conn,
+    Health, Kv, LogChunk, LogRequest, ParticipantStatus, Peer, PrepareRequest, ProbeReply,
+    ProbeRequest, RevokeRequest, SnapshotChunk, Vote, WriteReply, coord_conn,
 };
 use quintet_common::types::{Op, ReadLevel};
 use tarpc::context::Context;
@@ -71,7 +71,7 @@ impl Peer for Handler {
     async fn prepare(self, _: Context, req: PrepareRequest) -> Result<Vote, Error> {
         let span = info_span!("prepare", node = self.0.id(), batch = %req.batch.id, version = req.batch.first_version);
         async move {
-            let vote = self.0.step(|sm| sm.prepare(&req)).await?;
+            let vote = self.0.prepare(req).await?;
             match &vote {
                 Ok(Vote::No(reason)) => tracing::warn!(%reason, "voted no"),
                 Ok(Vote::OutOfSync(reason)) => tracing::info!(%reason, "cannot vote: out of sync"),
@@ -93,6 +93,10 @@ impl Peer for Handler {
         self.0
             .step(|sm| sm.abort(req.cluster, req.to, req.batch))
             .await?
+    }
+
+    async fn probe(self, _: Context, req: ProbeRequest) -> Result<ProbeReply, Error> {
+        self.0.lock().sm.probe(req.cluster, req.to)
     }
 
     async fn revoke(self, _: Context, req: RevokeRequest) -> Result<(), Error> {

@@ -31,10 +31,12 @@
 //! committed batch, so one batch behind is not a gap). It joins in a VIEW
 //! record at a batch boundary, never while it is copying: when it voted
 //! YES with the members' results and digest on the batch just committed,
-//! or, with no round in flight, when its applied version and digest are the
-//! committed ones. The latter is also how a new cluster forms: the first
-//! view has no members and nothing to copy, and every participant joins
-//! with nothing applied.
+//! or, with no round in flight, when it answers a probe at the committed
+//! version with the committed digest. Either proves the coordinator can
+//! reach it, which a heartbeat would not (a one-way cut lets those
+//! through). The probe is also how a new cluster forms: the first view has
+//! no members and nothing to copy, and every participant joins with
+//! nothing applied.
 //!
 //! **Resolve.** Once members can be dropped, a batch the coordinator does
 //! not know any more may have committed without the asker (its ack was no
@@ -55,7 +57,8 @@ use crate::clock::Time;
 use crate::error::Error;
 use crate::rpc::{
     CatchupState, CoordinatorStatus, Decision, DecisionRequest, LearnerStatus, MemberStatus,
-    PrepareRequest, RenewReply, RenewRequest, RevokeRequest, Role, Source, Vote,
+    PrepareRequest, ProbeReply, ProbeRequest, RenewReply, RenewRequest, RevokeRequest, Role,
+    Source, Vote,
 };
 use crate::types::{Batch, BatchId, ClusterId, NodeId, Op, OpResult, Version};
 
@@ -105,6 +108,8 @@ pub enum Message {
     Abort(DecisionRequest),
     /// End the lease of a suspect member now.
     Revoke(RevokeRequest),
+    /// Ask a learner where it stands; report the answer with `probed`.
+    Probe(ProbeRequest),
 }
 
 /// Something the driver must do, in the order given.
@@ -324,6 +329,10 @@ struct LearnerInfo {
     source: Option<NodeId>,
     /// The committed batch it voted YES on with the members' results.
     synced_on: Option<BatchId>,
+    /// When a probe last left for it.
+    probe_sent: Option<Time>,
+    /// Its last probe answer, with the epoch it was asked in.
+    probed: Option<(u64, ProbeReply)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -539,6 +548,7 @@ impl<T> Coordinator<T> {
             .filter(|l| l.incarnation == req.incarnation);
         let source = self.pick_source(req.id, keep.and_then(|l| l.source), avoid);
         let synced_on = keep.and_then(|l| l.synced_on);
+        let (probe_sent, probed) = keep.map_or((None, None), |l| (l.probe_sent, l.probed));
         let info = LearnerInfo {
             incarnation: req.incarnation,
             catchup: req.catchup,
@@ -552,6 +562,8 @@ impl<T> Coordinator<T> {
             } else {
                 None
             },
+            probe_sent,
+            probed,
         };
         if let Some(n) = self.nodes.get_mut(&req.id) {
             n.learner = Some(info);
@@ -786,6 +798,54 @@ impl<T> Coordinator<T> {
         actions
     }
 
+    /// A learner answered a probe sent in `epoch`. It joins at the next
+    /// tick, with every learner that answered the same wave of probes.
+    pub fn probed(&mut self, from: NodeId, epoch: u64, reply: ProbeReply) {
+        if let Some(l) = self.nodes.get_mut(&from).and_then(|n| n.learner.as_mut())
+            && l.incarnation == reply.incarnation
+        {
+            l.probed = Some((epoch, reply));
+        }
+    }
+
+    /// Probes learners whose heartbeats say they are at the committed
+    /// state, so they can join with no round in flight (at most one probe
+    /// per learner per heartbeat).
+    fn probe_learners(&mut self, now: Time) -> Vec<Action<T>> {
+        if self.round.is_some() || self.view_pending {
+            return Vec::new();
+        }
+        let mut actions = Vec::new();
+        let (committed, digest, epoch, every) = (
+            self.committed,
+            self.digest,
+            self.view.epoch,
+            self.cfg.heartbeat,
+        );
+        for (&id, n) in self.nodes.iter_mut() {
+            let Some(l) = n.learner.as_mut() else {
+                continue;
+            };
+            let ready = matches!(l.catchup, CatchupState::Following | CatchupState::Idle)
+                && l.pending.is_none()
+                && l.applied == committed
+                && l.digest == digest;
+            let due = l.probe_sent.is_none_or(|t| now.since(t) >= every);
+            if ready && due {
+                l.probe_sent = Some(now);
+                actions.push(Action::Send {
+                    to: id,
+                    msg: Message::Probe(ProbeRequest {
+                        cluster: self.cfg.cluster,
+                        to: id,
+                        epoch,
+                    }),
+                });
+            }
+        }
+        actions
+    }
+
     /// A suspect member acknowledged the revoke of its lease.
     pub fn revoked(&mut self, from: NodeId, epoch: u64, now: Time) -> Vec<Action<T>> {
         if epoch != self.view.epoch {
@@ -934,6 +994,7 @@ impl<T> Coordinator<T> {
         }
         actions.extend(self.maybe_change_view(now));
         actions.extend(self.maybe_start_round());
+        actions.extend(self.probe_learners(now));
         if now.since(self.last_resend) >= self.cfg.resend_every {
             self.last_resend = now;
             actions.extend(self.resend());
@@ -1212,10 +1273,19 @@ impl<T> Coordinator<T> {
                     {
                         return None;
                     }
+                    // Either it voted YES with the members on the batch just
+                    // committed, or it answered a probe in this epoch, at
+                    // the committed version with the committed digest. Both
+                    // prove the coordinator can reach it; a report in a
+                    // heartbeat would not (a one-way cut lets those through).
                     let synced = l.synced_on.is_some() && l.synced_on == self.last_committed;
-                    let caught_up = l.pending.is_none()
-                        && l.applied == self.committed
-                        && l.digest == self.digest;
+                    let caught_up = l.probed.is_some_and(|(epoch, r)| {
+                        epoch == self.view.epoch
+                            && r.incarnation == l.incarnation
+                            && !r.busy
+                            && r.applied == self.committed
+                            && r.digest == self.digest
+                    });
                     (synced || caught_up).then_some((id, l.incarnation))
                 })
                 .collect()

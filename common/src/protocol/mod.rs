@@ -26,3 +26,5 @@ pub mod window;
 
 #[cfg(test)]
 mod scenarios;
+#[cfg(test)]
+mod script;

@@ -32,7 +32,7 @@ use super::view::{Incarnation, View, holder_end};
 use super::window::Window;
 use crate::clock::Time;
 use crate::error::Error;
-use crate::rpc::{Decision, LearnedBatch, LogChunk, PrepareRequest, RenewReply, Vote};
+use crate::rpc::{Decision, LearnedBatch, LogChunk, PrepareRequest, ProbeReply, RenewReply, Vote};
 use crate::store::Store;
 use crate::types::{Batch, BatchId, ClusterId, Limits, NodeId, OpResult, ReadLevel, Version};
 
@@ -129,6 +129,10 @@ pub struct Participant {
     /// The newest view made durable.
     durable_view: Option<View>,
     lease_end: Option<Time>,
+    /// When the last revoke arrived: a grant for a renewal sent before it
+    /// is ignored, or a grant still in flight when the coordinator took
+    /// the revoke's acknowledgement as final would revive the lease.
+    revoked_at: Option<Time>,
     catching_up: bool,
     out_of_sync: bool,
     window: Window,
@@ -150,10 +154,17 @@ impl Participant {
             view: View::default(),
             durable_view: None,
             lease_end: None,
+            revoked_at: None,
             catching_up: false,
             out_of_sync: false,
             window: Window::default(),
         }
+    }
+
+    /// Sets the byte budget of the recent-batch window (and its cap with
+    /// pins); applies to batches applied from now on.
+    pub fn set_window(&mut self, budget: usize, hard_cap: usize) {
+        self.window = Window::new(budget, hard_cap);
     }
 
     /// Rebuilds a replica from its latest snapshot and the log after it.
@@ -333,6 +344,28 @@ impl Participant {
             None => self.store.applied(),
         };
         reach >= self.known_committed
+    }
+
+    /// For a learner with nothing pending: the version it must reach (by
+    /// fetching committed batches from its source) before it can prepare
+    /// `req`, when it is behind; the batch `req.prev` carries counts as had.
+    pub fn learner_gap(&self, req: &PrepareRequest) -> Option<Version> {
+        if req.view.contains(self.id, self.incarnation)
+            || self.catching_up
+            || self.pending.is_some()
+        {
+            return None;
+        }
+        let first = req.batch.first_version;
+        let target = match &req.prev {
+            Some(prev)
+                if prev.last_version() + 1 == first && Some(prev.id) == req.last_committed =>
+            {
+                prev.first_version - 1
+            }
+            _ => first - 1,
+        };
+        (self.store.applied() < target).then_some(target)
     }
 
     /// Phase 1. Votes YES only with the PREPARED record in `persist`.
@@ -586,15 +619,30 @@ impl Participant {
             self.lease_end = None;
             return;
         }
+        if self.revoked_at.is_some_and(|r| t0 <= r) {
+            return;
+        }
         if let Some(ms) = reply.lease_ms {
             let end = holder_end(t0, Duration::from_millis(ms));
             self.lease_end = self.lease_end.max(Some(end));
         }
     }
 
-    /// Ends the lease at once (the coordinator revoked it). Refused when
-    /// meant for another incarnation of this id: its lease is not ours to end.
-    pub fn revoke(&mut self, incarnation: Incarnation) -> Result<(), Error> {
+    /// Where this replica stands, for the coordinator's probe.
+    pub fn probe(&self, cluster: ClusterId, to: NodeId) -> Result<ProbeReply, Error> {
+        self.check_sender(cluster, to)?;
+        Ok(ProbeReply {
+            incarnation: self.incarnation,
+            applied: self.store.applied(),
+            digest: self.store.digest(),
+            busy: self.pending.is_some() || self.catching_up,
+        })
+    }
+
+    /// Ends the lease at once (the coordinator revoked it), and refuses
+    /// every grant for a renewal sent before `now`. Refused when meant for
+    /// another incarnation of this id: its lease is not ours to end.
+    pub fn revoke(&mut self, incarnation: Incarnation, now: Time) -> Result<(), Error> {
         if incarnation != self.incarnation {
             return Err(Error::ClusterMismatch(format!(
                 "revoke meant for incarnation {incarnation:016x} of replica {}, this is {:016x}",
@@ -602,6 +650,7 @@ impl Participant {
             )));
         }
         self.lease_end = None;
+        self.revoked_at = self.revoked_at.max(Some(now));
         Ok(())
     }
 

@@ -543,6 +543,7 @@ impl Sim {
 
     fn at_participant(&mut self, inc: u32, to: NodeId, msg: Message, fate: Fate) {
         let at = self.route.get(&to).copied().unwrap_or(to);
+        let now = self.now;
         let node = self.node(at);
         let (persist, reply) = match &msg {
             Message::Prepare(req) => {
@@ -581,8 +582,9 @@ impl Sim {
                     },
                 )
             }
+            Message::Probe(_) => return,
             Message::Revoke(r) => {
-                let ok = node.p.revoke(r.incarnation).is_ok();
+                let ok = node.p.revoke(r.incarnation, now).is_ok();
                 if !ok {
                     return;
                 }
