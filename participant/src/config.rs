@@ -47,6 +47,13 @@ pub struct Config {
     #[arg(long, env = "QUINTET_SNAPSHOT_MIB", default_value_t = 64)]
     pub snapshot_mib: u64,
 
+    /// MiB of recently committed batches kept in memory, so a replica that
+    /// returns (or a wiped one, while the history is short) catches up
+    /// from the log instead of copying a snapshot; a copy in progress may
+    /// pin up to 16 times this.
+    #[arg(long, env = "QUINTET_CATCHUP_LOG_MIB", default_value_t = 16)]
+    pub catchup_log_mib: u64,
+
     /// How long a linearizable read waits on an undecided write of its key.
     #[arg(long, env = "QUINTET_READ_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub read_timeout: Duration,

@@ -96,6 +96,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         max_value_len: config.max_value_size,
     };
     let (mut sm, log, ident) = open_state(&dir, config.id, limits)?;
+    let window = (config.catchup_log_mib << 20) as usize;
+    sm.set_window(window, window.saturating_mul(16));
     if let Some(i) = ident {
         // Register under the recorded cluster so the coordinator checks it too.
         sm.registered(i.cluster, 0);

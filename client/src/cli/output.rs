@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use quintet_client::Client;
-use quintet_common::rpc::{CoordinatorStatus, ParticipantStatus};
+use quintet_common::rpc::{CatchupState, CoordinatorStatus, ParticipantStatus, Progress};
 use serde_json::{Value, json};
 
 use super::commands::Reply;
@@ -215,6 +215,42 @@ impl StatusReport {
         self.unreachable().is_empty()
     }
 
+    /// A replica's role in the current view: what the coordinator says when
+    /// it answered (member of its view, learner it knows of, else out),
+    /// otherwise what the replica itself believes.
+    pub fn role(&self, s: &ParticipantStatus) -> &'static str {
+        match &self.coordinator.status {
+            Ok(c) => {
+                if c.view.contains(s.id, s.incarnation) {
+                    "member"
+                } else if c
+                    .learners
+                    .iter()
+                    .any(|l| l.id == s.id && l.incarnation == s.incarnation)
+                {
+                    "learner"
+                } else {
+                    "out"
+                }
+            }
+            Err(_) if s.member => "member",
+            Err(_) if s.catchup.is_some() => "learner",
+            Err(_) => "out",
+        }
+    }
+
+    /// A learner's copy progress, from the replica or the coordinator.
+    fn progress(&self, s: &ParticipantStatus) -> Option<Progress> {
+        if let Some(c) = &s.catchup {
+            return Some(c.progress);
+        }
+        let c = self.coordinator.status.as_ref().ok()?;
+        c.learners.iter().find(|l| l.id == s.id).and_then(|l| match l.catchup {
+            CatchupState::Transferring { progress, .. } => Some(progress),
+            _ => None,
+        })
+    }
+
     /// Names of what did not answer.
     pub fn unreachable(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -283,13 +319,18 @@ impl StatusReport {
         let c = &self.coordinator;
         let via = c.via.as_deref().unwrap_or("-");
         let coord = match &c.status {
-            Ok(s) => format!(
-                "coordinator (via {via}): reachable, epoch {}, committed {}, queued {}, in flight {}",
-                s.epoch,
-                s.committed,
-                s.queued,
-                s.in_flight.map_or("-".into(), |b| b.to_string())
-            ),
+            Ok(s) => {
+                let ids: Vec<String> = s.view.ids().map(|i| i.to_string()).collect();
+                format!(
+                    "coordinator (via {via}): reachable, epoch {}, members [{}] (min {}), committed {}, queued {}, in flight {}",
+                    s.epoch,
+                    ids.join(","),
+                    s.min_participants,
+                    s.committed,
+                    s.queued,
+                    s.in_flight.map_or("-".into(), |b| b.to_string())
+                )
+            }
             Err(e) => format!("coordinator (via {via}): UNREACHABLE: {e}"),
         };
         let rows: Vec<Vec<String>> = self
@@ -300,22 +341,26 @@ impl StatusReport {
                     s.id.to_string(),
                     r.address.clone(),
                     "yes".into(),
+                    self.role(s).into(),
+                    format!("{:016x}", s.incarnation).chars().take(8).collect(),
+                    s.lease_ms.map_or("-".into(), |ms| format!("{ms}ms")),
                     s.applied.to_string(),
                     s.digest.chars().take(12).collect(),
                     s.pending.len().to_string(),
                     s.keys.to_string(),
                     if s.current { "yes" } else { "NO" }.into(),
+                    self.progress(s).map_or("-".into(), |p| progress_text(&p)),
                 ],
-                Err(e) => vec![
-                    format!("({})", r.position),
-                    r.address.clone(),
-                    "NO".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    format!("-  {e}"),
-                ],
+                Err(e) => {
+                    let mut row = vec![
+                        format!("({})", r.position),
+                        r.address.clone(),
+                        "NO".into(),
+                    ];
+                    row.extend((0..8).map(|_| "-".to_string()));
+                    row.push(format!("-  {e}"));
+                    row
+                }
             })
             .collect();
         let t = table(
@@ -323,11 +368,15 @@ impl StatusReport {
                 "ID",
                 "ADDRESS",
                 "REACHABLE",
+                "ROLE",
+                "INCARN",
+                "LEASE",
                 "APPLIED",
                 "DIGEST",
                 "PENDING",
                 "KEYS",
                 "CURRENT",
+                "CATCH-UP",
             ],
             &rows,
         );
@@ -346,6 +395,28 @@ impl StatusReport {
                 "cluster": s.cluster.to_string(),
                 "queued": s.queued,
                 "in_flight": s.in_flight.map(|b| b.to_string()),
+                "view": {
+                    "epoch": s.view.epoch,
+                    "members": s.view.ids().collect::<Vec<_>>(),
+                },
+                "min_participants": s.min_participants,
+                "members": s.members.iter().map(|m| json!({
+                    "id": m.id,
+                    "incarnation": format!("{:016x}", m.incarnation),
+                    "lease_ms": m.lease_ms,
+                    "suspect": m.suspect,
+                })).collect::<Vec<_>>(),
+                "learners": s.learners.iter().map(|l| json!({
+                    "id": l.id,
+                    "incarnation": format!("{:016x}", l.incarnation),
+                    "applied": l.applied,
+                    "state": match l.catchup {
+                        CatchupState::Idle => "idle",
+                        CatchupState::Transferring { .. } => "copying",
+                        CatchupState::Following => "following",
+                        CatchupState::Failed { .. } => "failed",
+                    },
+                })).collect::<Vec<_>>(),
             }),
             Err(e) => json!({
                 "address": c.via,
@@ -369,6 +440,19 @@ impl StatusReport {
                     "pending_batches": s.pending.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
                     "keys": s.keys,
                     "current": s.current,
+                    "role": self.role(s),
+                    "incarnation": format!("{:016x}", s.incarnation),
+                    "epoch": s.epoch,
+                    "lease_ms": s.lease_ms,
+                    "catchup": s.catchup.as_ref().map(|c| json!({
+                        "source": c.source,
+                        "phase": c.phase,
+                        "bytes_done": c.progress.bytes_done,
+                        "bytes_total": c.progress.bytes_total,
+                        "keys_done": c.progress.keys_done,
+                        "keys_total": c.progress.keys_total,
+                        "batches": c.progress.batches,
+                    })),
                 }),
                 Err(e) => json!({
                     "id": r.position,
@@ -377,6 +461,7 @@ impl StatusReport {
                     "applied": null,
                     "digest": null,
                     "pending": null,
+                    "role": null,
                     "error": e,
                 }),
             })
@@ -386,6 +471,19 @@ impl StatusReport {
             "participants": participants,
             "digests_equal": self.digests_agree(),
         })
+    }
+}
+
+/// `snapshot 40% (4000/10000 keys)` or `log, 12 batches`.
+fn progress_text(p: &Progress) -> String {
+    if p.bytes_total > 0 && p.keys_done < p.keys_total {
+        let pct = p.bytes_done.saturating_mul(100) / p.bytes_total.max(1);
+        format!(
+            "snapshot {pct}% ({}/{} keys)",
+            p.keys_done, p.keys_total
+        )
+    } else {
+        format!("log, {} batches", p.batches)
     }
 }
 

@@ -162,9 +162,9 @@ impl Participant {
     }
 
     /// Sets the byte budget of the recent-batch window (and its cap with
-    /// pins); applies to batches applied from now on.
+    /// pins), keeping the batches that still fit.
     pub fn set_window(&mut self, budget: usize, hard_cap: usize) {
-        self.window = Window::new(budget, hard_cap);
+        self.window.set_bounds(budget, hard_cap);
     }
 
     /// Rebuilds a replica from its latest snapshot and the log after it.

@@ -55,6 +55,13 @@ impl Window {
         }
     }
 
+    /// Changes the bounds, keeping what still fits.
+    pub fn set_bounds(&mut self, budget: usize, hard_cap: usize) {
+        self.budget = budget;
+        self.hard_cap = hard_cap.max(budget);
+        self.trim();
+    }
+
     /// Adds the batch just applied.
     pub fn push(&mut self, b: LearnedBatch) {
         self.bytes += size(&b);
