@@ -297,6 +297,9 @@ pub struct RenewRequest {
     pub pending: Option<BatchId>,
     /// Its catch-up.
     pub catchup: CatchupState,
+    /// The address other participants reach it on, as in register (so a
+    /// restarted coordinator knows it without a new registration).
+    pub advertise: String,
 }
 
 /// Where a learner copies from.

@@ -105,7 +105,12 @@ impl Coord for Handler {
         })
     }
 
-    async fn renew(self, _: Context, req: RenewRequest) -> Result<RenewReply, Error> {
+    async fn renew(self, _: Context, mut req: RenewRequest) -> Result<RenewReply, Error> {
+        if req.advertise.is_empty()
+            && let Some(addr) = self.addresses.get((req.id as usize).wrapping_sub(1))
+        {
+            req.advertise.clone_from(addr);
+        }
         self.ask(|tx| Event::Renew(Box::new(req), tx)).await?
     }
 

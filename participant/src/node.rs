@@ -55,6 +55,7 @@ pub struct Node {
     limits: Limits,
     read_timeout: Duration,
     heartbeat: Duration,
+    advertise: String,
     pub(crate) data_dir: PathBuf,
     snapshot_bytes: u64,
     pub(crate) snapshotting: Arc<AtomicBool>,
@@ -79,6 +80,8 @@ pub struct Settings {
     pub read_timeout: Duration,
     /// Lease renewal interval.
     pub heartbeat: Duration,
+    /// The address to advertise to the coordinator (empty: its own).
+    pub advertise: String,
     /// Where snapshots go.
     pub data_dir: PathBuf,
     /// Snapshot after this many bytes of log.
@@ -111,6 +114,7 @@ impl Node {
             limits: settings.limits,
             read_timeout: settings.read_timeout,
             heartbeat: settings.heartbeat,
+            advertise: settings.advertise,
             data_dir: settings.data_dir,
             snapshot_bytes: settings.snapshot_bytes,
             snapshotting: Arc::new(AtomicBool::new(false)),
@@ -509,6 +513,7 @@ impl Node {
             } else {
                 catchup
             },
+            advertise: self.advertise.clone(),
         })
     }
 

@@ -109,6 +109,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         limits,
         read_timeout: config.read_timeout,
         heartbeat: config.heartbeat,
+        advertise: config.advertise_addr(),
         data_dir: dir.clone(),
         snapshot_bytes: config.snapshot_mib.max(1) << 20,
     };

@@ -245,10 +245,13 @@ impl StatusReport {
             return Some(c.progress);
         }
         let c = self.coordinator.status.as_ref().ok()?;
-        c.learners.iter().find(|l| l.id == s.id).and_then(|l| match l.catchup {
-            CatchupState::Transferring { progress, .. } => Some(progress),
-            _ => None,
-        })
+        c.learners
+            .iter()
+            .find(|l| l.id == s.id)
+            .and_then(|l| match l.catchup {
+                CatchupState::Transferring { progress, .. } => Some(progress),
+                _ => None,
+            })
     }
 
     /// Names of what did not answer.
@@ -352,11 +355,7 @@ impl StatusReport {
                     self.progress(s).map_or("-".into(), |p| progress_text(&p)),
                 ],
                 Err(e) => {
-                    let mut row = vec![
-                        format!("({})", r.position),
-                        r.address.clone(),
-                        "NO".into(),
-                    ];
+                    let mut row = vec![format!("({})", r.position), r.address.clone(), "NO".into()];
                     row.extend((0..8).map(|_| "-".to_string()));
                     row.push(format!("-  {e}"));
                     row
@@ -478,10 +477,7 @@ impl StatusReport {
 fn progress_text(p: &Progress) -> String {
     if p.bytes_total > 0 && p.keys_done < p.keys_total {
         let pct = p.bytes_done.saturating_mul(100) / p.bytes_total.max(1);
-        format!(
-            "snapshot {pct}% ({}/{} keys)",
-            p.keys_done, p.keys_total
-        )
+        format!("snapshot {pct}% ({}/{} keys)", p.keys_done, p.keys_total)
     } else {
         format!("log, {} batches", p.batches)
     }

@@ -501,6 +501,11 @@ impl<T> Coordinator<T> {
             );
         }
         let mut actions = Vec::new();
+        if !req.advertise.is_empty()
+            && let Some(n) = self.nodes.get_mut(&req.id)
+        {
+            n.advertise.clone_from(&req.advertise);
+        }
         let lease_ms = self.cfg.lease.as_millis() as u64;
         let member = self.view.member(req.id).copied();
         if let Some(m) = member

@@ -315,6 +315,7 @@ impl Sim {
             digest: p.store().digest(),
             pending: p.pending().map(|x| x.batch.id),
             catchup: CatchupState::Idle,
+            advertise: String::new(),
         };
         let now = self.now;
         let (reply, actions) = self.coord.renew(&req, now);

@@ -261,6 +261,7 @@ impl PNode {
             digest: self.sm.store().digest(),
             pending: self.sm.pending().map(|p| p.batch.id),
             catchup,
+            advertise: String::new(),
         }
     }
 }
