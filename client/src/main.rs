@@ -8,7 +8,9 @@ use quintet_common::telemetry::{LogFormat, init};
 
 fn main() {
     let args = cli::Cli::parse();
-    // Warnings only by default: stdout is for results, stderr for `error:` lines.
-    init(LogFormat::Text, "warn");
+    // Warnings only by default: stdout is for results, stderr for `error:`
+    // lines. tarpc's own warnings about a broken connection are left out:
+    // the client reports what failed, once, in its own words.
+    init(LogFormat::Text, "warn,tarpc=error");
     std::process::exit(cli::run(args));
 }

@@ -313,3 +313,28 @@ fn demo_starts_its_own_cluster_and_every_check_holds() {
     assert!(out.contains("digests: equal"), "{out}");
     assert!(out.contains("writes/s"), "{out}");
 }
+
+#[test]
+fn demo_failover_kills_wipes_and_rejoins_a_replica_and_every_check_holds() {
+    let o = quintet(&["--output", "json", "demo", "--failover"], b"");
+    assert_eq!(
+        code(&o),
+        0,
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let v = json_of(&o);
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["writes_while_down"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["stale_reads"].as_array().map(Vec::len), Some(0), "{v}");
+    assert_eq!(v["missing"].as_array().map(Vec::len), Some(0), "{v}");
+    assert!(v["rejoin_ms"].as_u64().is_some(), "{v}");
+    let checks = v["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 5);
+    assert!(checks.iter().all(|c| c["held"] == true), "{v}");
+
+    let refused = quintet(&["--endpoints", "127.0.0.1:1", "demo", "--failover"], b"");
+    assert_eq!(code(&refused), 2, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("local cluster of its own"));
+}

@@ -10,6 +10,7 @@
 
 pub mod commands;
 pub mod demo;
+pub mod failover;
 pub mod local;
 pub mod output;
 pub mod script;
@@ -67,6 +68,16 @@ pub struct Global {
     pub output: Output,
 }
 
+/// Arguments of `demo`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct DemoArgs {
+    /// Kill a participant during the workload, show writes and reads going
+    /// on at the others, wipe its data dir, start it again and watch it
+    /// catch up and rejoin (always on a local cluster of its own).
+    #[arg(long)]
+    pub failover: bool,
+}
+
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -86,8 +97,9 @@ pub enum Command {
     Run(script::RunArgs),
     /// Start a coordinator and participants on this machine, in the foreground.
     Local(local::LocalArgs),
-    /// Run a short checked workload at every replica and print what happened.
-    Demo,
+    /// Run a short checked workload at every replica and print what happened
+    /// (--failover: kill and wipe a replica during the workload).
+    Demo(DemoArgs),
     /// Drive a workload (C closed-loop clients) and report ops/s and latency percentiles.
     Bench(quintet_client::bench::BenchArgs),
 }
@@ -110,7 +122,8 @@ pub fn run(cli: Cli) -> i32 {
         Command::Shell => shell::run(&rt, &ctx),
         Command::Run(args) => script::run_file(&rt, &ctx, &args),
         Command::Local(args) => rt.block_on(local::run(&ctx, args)),
-        Command::Demo => rt.block_on(demo::run(&ctx)),
+        Command::Demo(a) if a.failover => rt.block_on(failover::run(&ctx)),
+        Command::Demo(_) => rt.block_on(demo::run(&ctx)),
         Command::Bench(args) => {
             let json = ctx.output == Output::Json;
             ctx.client().and_then(|c| {
