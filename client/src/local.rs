@@ -53,6 +53,15 @@ pub struct LocalOptions {
     pub participant_args: Vec<String>,
     /// Where the server binaries are; `None` looks next to this executable.
     pub bin_dir: Option<PathBuf>,
+    /// The addresses the coordinator's `--participants` names, participant
+    /// 1 first (proxies in front of them, say); `None`: their own addresses.
+    /// When set, or when `coordinator_addr_for_participants` is, every
+    /// participant also gets `--advertise` with its own address, so
+    /// catch-up between participants goes straight to them.
+    pub participant_addrs_for_coordinator: Option<Vec<String>>,
+    /// The `--coordinator` address of each participant, participant 1
+    /// first; `None`: the coordinator's own address.
+    pub coordinator_addr_for_participants: Option<Vec<String>>,
 }
 
 impl Default for LocalOptions {
@@ -64,6 +73,8 @@ impl Default for LocalOptions {
             coordinator_args: Vec::new(),
             participant_args: Vec::new(),
             bin_dir: None,
+            participant_addrs_for_coordinator: None,
+            coordinator_addr_for_participants: None,
         }
     }
 }
@@ -99,7 +110,8 @@ pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
     )
 }
 
-fn free_base_port(n: u32) -> anyhow::Result<u16> {
+/// A port `p` such that `p..=p+n` are all free on 127.0.0.1 right now.
+pub fn free_base_port(n: u32) -> anyhow::Result<u16> {
     // Probe blocks of n+1 consecutive ports; a port we can bind now is very
     // likely still free a moment later when the child binds it.
     for _ in 0..200 {
@@ -121,6 +133,26 @@ impl LocalCluster {
     pub async fn start(opts: LocalOptions, timeout: Duration) -> anyhow::Result<LocalCluster> {
         if opts.participants == 0 || opts.participants > 7 {
             bail!("--participants must be 1 to 7, got {}", opts.participants);
+        }
+        for (what, list) in [
+            (
+                "participant_addrs_for_coordinator",
+                &opts.participant_addrs_for_coordinator,
+            ),
+            (
+                "coordinator_addr_for_participants",
+                &opts.coordinator_addr_for_participants,
+            ),
+        ] {
+            if let Some(l) = list
+                && l.len() != opts.participants as usize
+            {
+                bail!(
+                    "{what} lists {} addresses for {} participants",
+                    l.len(),
+                    opts.participants
+                );
+            }
         }
         let bin_dir = match &opts.bin_dir {
             Some(d) => d.clone(),
@@ -226,7 +258,11 @@ impl LocalCluster {
             Node::Coordinator => {
                 let mut c = Command::new(self.bin_dir.join("quintet-coordinator"));
                 c.arg("--listen").arg(self.addr(node));
-                c.arg("--participants").arg(self.endpoints().join(","));
+                let participants = match &self.opts.participant_addrs_for_coordinator {
+                    Some(via) => via.clone(),
+                    None => self.endpoints(),
+                };
+                c.arg("--participants").arg(participants.join(","));
                 c.args(&self.opts.coordinator_args);
                 c
             }
@@ -234,7 +270,18 @@ impl LocalCluster {
                 let mut c = Command::new(self.bin_dir.join("quintet-participant"));
                 c.arg("--id").arg(i.to_string());
                 c.arg("--listen").arg(self.addr(node));
-                c.arg("--coordinator").arg(self.addr(Node::Coordinator));
+                let coordinator = self
+                    .opts
+                    .coordinator_addr_for_participants
+                    .as_ref()
+                    .and_then(|via| via.get(i as usize - 1).cloned())
+                    .unwrap_or_else(|| self.addr(Node::Coordinator));
+                c.arg("--coordinator").arg(coordinator);
+                if self.opts.participant_addrs_for_coordinator.is_some()
+                    || self.opts.coordinator_addr_for_participants.is_some()
+                {
+                    c.arg("--advertise").arg(self.addr(node));
+                }
                 c.args(&self.opts.participant_args);
                 c
             }
