@@ -43,6 +43,7 @@ pub mod backend;
 pub mod docker;
 pub mod local;
 pub mod nemesis;
+pub mod proxy;
 pub mod report;
 
 use std::path::PathBuf;
