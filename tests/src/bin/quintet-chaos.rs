@@ -2,7 +2,9 @@
 //! linearizability, lost-write and convergence check at the end. Everything
 //! is in [`quintet_tests::chaos`]; this only parses arguments and maps the
 //! result to an exit code: 0 passed, 1 a check failed, 2 the run could not
-//! be done.
+//! be done, 130 interrupted. SIGINT or SIGTERM drops the run, and with it
+//! the backend, whose drop stops the local processes and deletes the
+//! docker firewall rules, so an interrupted run leaves no fault behind.
 
 use std::process::ExitCode;
 
@@ -23,9 +25,23 @@ async fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    match run(&args).await {
+    let outcome = tokio::select! {
+        r = run(&args) => r,
+        _ = quintet_common::shutdown::signal() => {
+            eprintln!("quintet-chaos: interrupted; undoing the faults and stopping what this run started");
+            return ExitCode::from(130);
+        }
+    };
+    match outcome {
         Ok(report) => {
             println!("\n{report}");
+            if let Some(path) = &args.report_json {
+                let text = serde_json::to_string_pretty(&report.to_json()).unwrap_or_default();
+                if let Err(e) = std::fs::write(path, text + "\n") {
+                    eprintln!("quintet-chaos: cannot write {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            }
             if report.passed() {
                 ExitCode::SUCCESS
             } else {

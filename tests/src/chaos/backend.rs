@@ -8,6 +8,11 @@
 //! it and goes on; the final convergence check then fails, naming the
 //! replica).
 //!
+//! A heal waits until every node it brings back answers `health` as ready
+//! (a participant: a member holding a lease, so after its catch-up and
+//! rejoin) and says how long each took, measured from the start of the
+//! heal; that is the rejoin time of the report.
+//!
 //! Injections and heals are idempotent where that is cheap, and
 //! [`Backend::heal_all`] looks at the actual state of every node (not at
 //! what the nemesis believes it did), so the end of a run always leaves a
@@ -15,10 +20,13 @@
 
 use std::future::Future;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
+use anyhow::bail;
+use quintet_client::client::health;
 use quintet_client::local::Node;
 
-use super::nemesis::FaultKind;
+use super::nemesis::{Fault, FaultKind, Rejoin};
 
 /// A cluster the chaos runner can hurt and heal.
 pub trait Backend: Send {
@@ -29,27 +37,19 @@ pub trait Backend: Send {
     fn endpoints(&self) -> Vec<String>;
 
     /// Why `kind` cannot be done here, or `None` when it can.
-    fn unsupported(&self, kind: FaultKind) -> Option<&'static str>;
+    fn unsupported(&self, kind: FaultKind) -> Option<String>;
 
-    /// Injects `kind` at `target` (`None`: every node). Returns once the
-    /// fault is in effect.
-    fn inject(
-        &mut self,
-        kind: FaultKind,
-        target: Option<Node>,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Injects `fault`. Returns once the fault is in effect.
+    fn inject(&mut self, fault: &Fault) -> impl Future<Output = anyhow::Result<()>> + Send;
 
     /// Undoes an injected fault; returns once the node(s) answer as ready
-    /// again (bounded).
-    fn heal(
-        &mut self,
-        kind: FaultKind,
-        target: Option<Node>,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// again (bounded), with how long each took from the start of the heal.
+    fn heal(&mut self, fault: &Fault) -> impl Future<Output = anyhow::Result<Vec<Rejoin>>> + Send;
 
-    /// Brings every node back to running, unpaused and connected, whatever
-    /// state it is in, and waits until all answer as ready (bounded). Also
-    /// reports nodes that died without being told to (a server crash).
+    /// Brings every node back to running, unpaused and connected (no cut
+    /// or firewall rule left), whatever state it is in, and waits until all
+    /// answer as ready (bounded). Also reports nodes that died without being
+    /// told to (a server crash).
     fn heal_all(&mut self) -> impl Future<Output = anyhow::Result<Vec<String>>> + Send;
 
     /// Where the node logs are, for the report.
@@ -61,4 +61,35 @@ pub trait Backend: Send {
 
     /// The address of a node, for health probes.
     fn addr(&self, node: Node) -> String;
+}
+
+/// Polls `health` at each `(node, address)` concurrently until every one
+/// answers ready; returns when each first did, measured from `since`. Fails
+/// naming the first node not ready after `timeout` (from now) and what it
+/// last said.
+pub async fn wait_ready_all(
+    nodes: &[(Node, String)],
+    since: Instant,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Rejoin>> {
+    let deadline = Instant::now() + timeout;
+    let waits = nodes.iter().map(|(node, addr)| async move {
+        loop {
+            let last = match health(addr, Duration::from_millis(500)).await {
+                Ok(h) if h.ready => {
+                    return Ok(Rejoin {
+                        node: *node,
+                        after: since.elapsed(),
+                    });
+                }
+                Ok(h) => format!("not ready: {}", h.detail),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                bail!("{node} at {addr} not ready after {timeout:?} ({last})");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    futures::future::join_all(waits).await.into_iter().collect()
 }

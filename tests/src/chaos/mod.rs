@@ -15,8 +15,16 @@
 //!    so a cluster that already holds data (a compose cluster reused across
 //!    runs) still starts the history from absent keys. Meanwhile the
 //!    [`nemesis::Nemesis`] draws one fault at a time from the seeded
-//!    schedule, injects it, holds it 1–4 s and heals it, logging each step
-//!    with its time since the start of the run.
+//!    schedule, injects it, holds it 1–4 s (so most outlast the 1 s lease
+//!    and the node is dropped from the view) and heals it, logging each
+//!    step with its time since the start of the run. The kinds: kill,
+//!    pause, partition (docker only), partition-coordinator (one or two
+//!    participants cut off the coordinator only, both ways or one way, while
+//!    clients and the other participants still reach them), wipe (a
+//!    participant killed, its data deleted, started empty) and restart-all.
+//!    A heal returns once the nodes it brought back answer `health` as
+//!    ready; for a participant that means caught up, a member again and
+//!    holding a lease, and how long that took is its rejoin time.
 //! 3. **Heal.** At `--duration` the workload stops issuing (operations in
 //!    flight finish or time out after `--op-timeout`), the nemesis stops,
 //!    and [`backend::Backend::heal_all`] brings every node back.
@@ -27,7 +35,13 @@
 //! 5. **Read back.** Every key of the key space at every replica
 //!    (serializable reads: after convergence they are exact), then status
 //!    again to make sure nothing moved in between.
-//! 6. **Check.** (1) [`crate::checker::check_history`]: the whole history is
+//! 6. **Availability.** From the history's completion times, for every
+//!    fault: the longest stretch with no successful write, and the longest
+//!    with no successful linearizable read at a live member (a replica the
+//!    fault did not hit), within the window from the injection to 2 s
+//!    after the heal; and the longest of each over the whole run
+//!    ([`report::fault_gaps`]). They are figures, not checks.
+//! 7. **Check.** (1) [`crate::checker::check_history`]: the whole history is
 //!    linearizable per key (an inconclusive key counts as a failure and is
 //!    named); (2) [`crate::checker::check_final_state`]: every final value at
 //!    every replica is explained by the history, i.e. no acknowledged write
@@ -37,7 +51,8 @@
 //! workload, before anything can fail, so a failing run can be re-checked
 //! offline. The report ([`report::ChaosReport`]) names the key and the
 //! operations of each violation with the faults active around them, and
-//! the binary exits non-zero when any check fails.
+//! the binary exits non-zero when any check fails. With `--report-json`
+//! the report is also written as one JSON document.
 
 pub mod backend;
 pub mod docker;
@@ -89,8 +104,11 @@ pub struct Args {
     /// Concurrent clients.
     #[arg(long, default_value_t = 8)]
     pub clients: u32,
-    /// Faults to draw from: any of kill, pause, partition, restart-all
-    /// (comma-separated), or all, or none.
+    /// Faults to draw from: any of kill, pause, partition,
+    /// partition-coordinator, wipe, restart-all (comma-separated), or all,
+    /// or none. partition is docker only; partition-coordinator cuts one or
+    /// two participants off the coordinator alone (docker: iptables, needs
+    /// root); wipe restarts a participant with its data deleted.
     #[arg(long, default_value = "all", value_parser = parse_nemesis_list)]
     pub nemesis: NemesisList,
     /// Seed of the workload and the fault schedule [default: from the clock, printed].
@@ -99,6 +117,9 @@ pub struct Args {
     /// Where to write the history (JSON lines).
     #[arg(long, default_value = "chaos-history.jsonl")]
     pub history: PathBuf,
+    /// Also write the report, availability figures included, as JSON here.
+    #[arg(long)]
+    pub report_json: Option<PathBuf>,
     /// Size of the key space (small, so keys see contention).
     #[arg(long, default_value_t = 20)]
     pub keys: u64,
@@ -177,7 +198,7 @@ pub async fn run(args: &Args) -> anyhow::Result<ChaosReport> {
                 );
                 docker::DockerBackend::up(&args.compose_file, &args.project).await?;
             }
-            let mut b = docker::DockerBackend::connect(&args.project).await?;
+            let mut b = docker::DockerBackend::connect(&args.project, &args.compose_file).await?;
             run_with(args, &mut b).await
         }
     }
@@ -210,10 +231,6 @@ fn stamp(t0: Instant) -> String {
     format!("[{:8.3}s]", t0.elapsed().as_secs_f64())
 }
 
-fn target_name(target: Option<quintet_client::local::Node>) -> String {
-    target.map_or_else(|| "all nodes".to_string(), |t| t.to_string())
-}
-
 /// Executes the seeded schedule until `end`: gap, inject, hold, heal.
 async fn run_nemesis<B: Backend>(
     backend: &mut B,
@@ -229,26 +246,36 @@ async fn run_nemesis<B: Backend>(
         }
         tokio::time::sleep_until(at.into()).await;
         let mut rec = FaultRecord {
-            kind: f.kind,
-            target: f.target,
+            fault: f.fault.clone(),
             injected: t0.elapsed(),
             healed: None,
+            rejoins: Vec::new(),
             errors: Vec::new(),
         };
-        println!("{} inject {} {}", stamp(t0), f.kind, target_name(f.target));
-        if let Err(e) = backend.inject(f.kind, f.target).await {
-            println!("{} inject {} failed: {e:#}", stamp(t0), f.kind);
+        println!("{} inject {}", stamp(t0), f.fault);
+        if let Err(e) = backend.inject(&f.fault).await {
+            println!("{} inject {} failed: {e:#}", stamp(t0), f.fault);
             rec.errors.push(format!("inject: {e:#}"));
         }
         let heal_at = (Instant::now() + f.hold).min(end);
         tokio::time::sleep_until(heal_at.into()).await;
-        match backend.heal(f.kind, f.target).await {
-            Ok(()) => {
+        match backend.heal(&f.fault).await {
+            Ok(rejoins) => {
                 rec.healed = Some(t0.elapsed());
-                println!("{} healed {} {}", stamp(t0), f.kind, target_name(f.target));
+                let ready: Vec<String> = rejoins
+                    .iter()
+                    .map(|r| format!("{} {:.3}s", r.node, r.after.as_secs_f64()))
+                    .collect();
+                println!(
+                    "{} healed {}; ready after: {}",
+                    stamp(t0),
+                    f.fault,
+                    ready.join(", ")
+                );
+                rec.rejoins = rejoins;
             }
             Err(e) => {
-                println!("{} heal {} failed: {e:#}", stamp(t0), f.kind);
+                println!("{} heal {} failed: {e:#}", stamp(t0), f.fault);
                 rec.errors.push(format!("heal: {e:#}"));
             }
         }
@@ -434,6 +461,7 @@ pub async fn run_with<B: Backend>(args: &Args, backend: &mut B) -> anyhow::Resul
         .with_context(|| format!("writing the history to {}", args.history.display()))?;
     report.history_len = history.len();
     report.count_ops(&history);
+    report.measure_availability(&history, args.duration.min(report.ran));
 
     match backend.heal_all().await {
         Ok(w) => report.warnings.extend(w),
@@ -550,6 +578,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn dry_run_plans_the_new_kinds_where_the_backend_has_them() {
+        let args = |backend: &str| {
+            Args::try_parse_from([
+                "quintet-chaos",
+                "--backend",
+                backend,
+                "--duration",
+                "10m",
+                "--nemesis",
+                "all",
+            ])
+            .expect("valid arguments")
+        };
+        let local = plan(&args("local"), 3);
+        let docker = plan(&args("docker"), 3);
+        for k in [FaultKind::PartitionCoordinator, FaultKind::Wipe] {
+            assert!(
+                local.iter().any(|f| f.fault.kind == k),
+                "{k} not planned locally"
+            );
+            assert!(
+                docker.iter().any(|f| f.fault.kind == k),
+                "{k} not planned on docker"
+            );
+        }
+        assert!(!local.iter().any(|f| f.fault.kind == FaultKind::Partition));
+        assert!(docker.iter().any(|f| f.fault.kind == FaultKind::Partition));
+    }
+
+    #[test]
     fn args_parse() {
         let a = Args::try_parse_from([
             "quintet-chaos",
@@ -560,7 +618,7 @@ mod tests {
             "--clients",
             "4",
             "--nemesis",
-            "kill,pause,partition,restart-all",
+            "kill,pause,partition,partition-coordinator,wipe,restart-all",
             "--seed",
             "7",
             "--history",
@@ -588,10 +646,30 @@ mod tests {
         assert_eq!(d.nemesis.0, FaultKind::ALL.to_vec());
         let n = Args::try_parse_from(["quintet-chaos", "--nemesis", "none"]).expect("none");
         assert!(n.nemesis.0.is_empty());
+        let ci = Args::try_parse_from([
+            "quintet-chaos",
+            "--nemesis",
+            "kill,pause,partition-coordinator,wipe,restart-all",
+            "--report-json",
+            "r.json",
+        ])
+        .expect("the local CI list");
+        assert_eq!(
+            ci.nemesis.0,
+            [
+                FaultKind::Kill,
+                FaultKind::Pause,
+                FaultKind::PartitionCoordinator,
+                FaultKind::Wipe,
+                FaultKind::RestartAll
+            ]
+        );
+        assert_eq!(ci.report_json, Some(PathBuf::from("r.json")));
 
         for bad in [
             &["quintet-chaos", "--backend", "k8s"][..],
             &["quintet-chaos", "--nemesis", "kill,flood"],
+            &["quintet-chaos", "--nemesis", "partition-coordinator,wiped"],
             &["quintet-chaos", "--duration", "soon"],
             &["quintet-chaos", "--clients", "-1"],
             &["quintet-chaos", "--mix", "scan=1"],

@@ -12,12 +12,20 @@
 //! overlapping it.
 //!
 //! Targets: a kill, pause or partition hits one node drawn uniformly from
-//! the coordinator and the five participants; restart-all hits all six.
+//! the coordinator and the five participants; a wipe hits one participant;
+//! a partition-coordinator cuts one participant (a quarter of the time two)
+//! off from the coordinator, in a direction drawn uniformly from [`Cut`];
+//! restart-all hits all six.
+//!
+//! Hold times are 1–4 s, so most pauses, partitions and cuts outlast the
+//! 1 s lease: the coordinator drops the node from the view, and the heal
+//! then waits for a real catch-up and rejoin, not just a resumed process.
 //!
 //! Every injection and heal is recorded in a [`FaultRecord`] with times
 //! measured from the start of the run, on the same clock (to within a
 //! millisecond) as the operation history, so a violation can be put next
-//! to the faults around it.
+//! to the faults around it; it also says how long each participant took to
+//! answer as ready again after the heal began ([`Rejoin`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -39,22 +47,35 @@ pub enum FaultKind {
     Pause,
     /// Cut one node off the network, reconnect it when healing.
     Partition,
+    /// Cut one or two participants off the coordinator only (both ways or
+    /// one way), while clients and the other participants still reach them.
+    PartitionCoordinator,
+    /// Kill one participant, delete its data, start it again empty.
+    Wipe,
     /// Stop all six nodes gracefully, start them all again when healing.
     RestartAll,
 }
 
 impl FaultKind {
-    /// Every kind, in a fixed order.
-    pub const ALL: [FaultKind; 4] = [
+    /// Every kind, in a fixed order (the order `--nemesis` lists sort to).
+    pub const ALL: [FaultKind; 6] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Partition,
+        FaultKind::PartitionCoordinator,
+        FaultKind::Wipe,
         FaultKind::RestartAll,
     ];
 
-    /// Whether the fault hits a single node (as opposed to all of them).
+    /// Whether the fault hits chosen nodes (as opposed to all of them).
     pub fn has_target(self) -> bool {
         !matches!(self, FaultKind::RestartAll)
+    }
+
+    /// Whether its targets are participants only (the coordinator cannot be
+    /// cut off from itself, and wiping its decision log is not survivable).
+    pub fn participants_only(self) -> bool {
+        matches!(self, FaultKind::PartitionCoordinator | FaultKind::Wipe)
     }
 }
 
@@ -64,10 +85,15 @@ impl fmt::Display for FaultKind {
             FaultKind::Kill => "kill",
             FaultKind::Pause => "pause",
             FaultKind::Partition => "partition",
+            FaultKind::PartitionCoordinator => "partition-coordinator",
+            FaultKind::Wipe => "wipe",
             FaultKind::RestartAll => "restart-all",
         })
     }
 }
+
+/// The kinds `--nemesis` accepts, for messages.
+pub const KIND_NAMES: &str = "kill, pause, partition, partition-coordinator, wipe, restart-all";
 
 impl FromStr for FaultKind {
     type Err = String;
@@ -77,9 +103,13 @@ impl FromStr for FaultKind {
             "kill" => Ok(FaultKind::Kill),
             "pause" => Ok(FaultKind::Pause),
             "partition" => Ok(FaultKind::Partition),
+            "partition-coordinator" | "partition_coordinator" => {
+                Ok(FaultKind::PartitionCoordinator)
+            }
+            "wipe" => Ok(FaultKind::Wipe),
             "restart-all" | "restart_all" => Ok(FaultKind::RestartAll),
             other => Err(format!(
-                "unknown nemesis {other:?}: use kill, pause, partition, restart-all, all or none"
+                "unknown nemesis {other:?}: use {KIND_NAMES} (comma-separated), all or none"
             )),
         }
     }
@@ -100,6 +130,95 @@ pub fn parse_nemeses(s: &str) -> Result<Vec<FaultKind>, String> {
     kinds.sort();
     kinds.dedup();
     Ok(kinds)
+}
+
+/// Which traffic a partition-coordinator loses. A direction is a kind of
+/// connection, as a firewall sees it: "coordinator to participant" is the
+/// coordinator's connections to the participant's port (prepares, commits,
+/// status), "participant to coordinator" the participant's connections to
+/// the coordinator's port (registration, lease renewals, resolve).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cut {
+    /// Both kinds of connection.
+    Both,
+    /// Only the coordinator's connections to the participant.
+    CoordinatorToParticipant,
+    /// Only the participant's connections to the coordinator.
+    ParticipantToCoordinator,
+}
+
+impl Cut {
+    /// Every direction, in a fixed order.
+    pub const ALL: [Cut; 3] = [
+        Cut::Both,
+        Cut::CoordinatorToParticipant,
+        Cut::ParticipantToCoordinator,
+    ];
+
+    /// Whether the coordinator's connections to the participant are lost.
+    pub fn to_participant(self) -> bool {
+        self != Cut::ParticipantToCoordinator
+    }
+
+    /// Whether the participant's connections to the coordinator are lost.
+    pub fn to_coordinator(self) -> bool {
+        self != Cut::CoordinatorToParticipant
+    }
+}
+
+impl fmt::Display for Cut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Cut::Both => "both ways",
+            Cut::CoordinatorToParticipant => "coordinator->participant lost",
+            Cut::ParticipantToCoordinator => "participant->coordinator lost",
+        })
+    }
+}
+
+/// What a backend does: a kind of fault, where, and (for a cut) which way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fault {
+    /// What to inject.
+    pub kind: FaultKind,
+    /// The nodes hit; empty for restart-all (every node).
+    pub targets: Vec<Node>,
+    /// Which way a partition-coordinator loses traffic; `None` for the other kinds.
+    pub cut: Option<Cut>,
+}
+
+impl Fault {
+    /// A fault of `kind` at one node.
+    pub fn at(kind: FaultKind, node: Node) -> Fault {
+        Fault {
+            kind,
+            targets: vec![node],
+            cut: (kind == FaultKind::PartitionCoordinator).then_some(Cut::Both),
+        }
+    }
+
+    /// The targets, comma-separated, or `all nodes`.
+    pub fn target_names(&self) -> String {
+        if self.targets.is_empty() {
+            "all nodes".to_string()
+        } else {
+            self.targets
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind, self.target_names())?;
+        if let Some(c) = self.cut {
+            write!(f, " ({c})")?;
+        }
+        Ok(())
+    }
 }
 
 /// Bounds of the random gaps and hold times, inclusive.
@@ -127,28 +246,23 @@ impl Default for Timing {
     }
 }
 
-/// One fault to run: wait `gap`, inject `kind` at `target`, hold, heal.
+/// One fault to run: wait `gap`, inject `fault`, hold, heal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlannedFault {
     /// Quiet time before the injection, from the previous heal.
     pub gap: Duration,
-    /// What to inject.
-    pub kind: FaultKind,
-    /// The node hit; `None` for restart-all (every node).
-    pub target: Option<Node>,
+    /// What to inject, where.
+    pub fault: Fault,
     /// How long the fault stays active before it is healed.
     pub hold: Duration,
 }
 
 impl fmt::Display for PlannedFault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.kind)?;
-        if let Some(t) = self.target {
-            write!(f, " {t}")?;
-        }
         write!(
             f,
-            " after {:.1}s, held {:.1}s",
+            "{} after {:.1}s, held {:.1}s",
+            self.fault,
             self.gap.as_secs_f64(),
             self.hold.as_secs_f64()
         )
@@ -181,17 +295,31 @@ impl Nemesis {
         }
         let gap = self.between(self.timing.gap_min, self.timing.gap_max);
         let kind = self.kinds[self.rng.random_range(0..self.kinds.len())];
-        let target = kind
-            .has_target()
-            .then(|| match self.rng.random_range(0..=PARTICIPANTS) {
+        let mut targets = Vec::new();
+        let mut cut = None;
+        if kind.participants_only() {
+            let first = self.rng.random_range(1..=PARTICIPANTS);
+            targets.push(Node::Participant(first));
+            if kind == FaultKind::PartitionCoordinator {
+                if self.rng.random_range(0..4) == 0 {
+                    // A second one, different from the first.
+                    let second =
+                        (first + self.rng.random_range(1..PARTICIPANTS) - 1) % PARTICIPANTS + 1;
+                    targets.push(Node::Participant(second));
+                    targets.sort();
+                }
+                cut = Some(Cut::ALL[self.rng.random_range(0..Cut::ALL.len())]);
+            }
+        } else if kind.has_target() {
+            targets.push(match self.rng.random_range(0..=PARTICIPANTS) {
                 0 => Node::Coordinator,
                 i => Node::Participant(i),
             });
+        }
         let hold = self.between(self.timing.hold_min, self.timing.hold_max);
         Some(PlannedFault {
             gap,
-            kind,
-            target,
+            fault: Fault { kind, targets, cut },
             hold,
         })
     }
@@ -219,22 +347,38 @@ impl Nemesis {
     }
 }
 
+/// How long one node took, from the start of a heal, to answer `health`
+/// as ready again: for a participant, to be a member holding a lease, i.e.
+/// caught up and rejoined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rejoin {
+    /// The node brought back.
+    pub node: Node,
+    /// From the start of the heal (restart, resume, reconnect) to ready.
+    pub after: Duration,
+}
+
 /// What happened to one fault during the run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FaultRecord {
-    /// What was injected.
-    pub kind: FaultKind,
-    /// The node hit; `None` for every node.
-    pub target: Option<Node>,
+    /// What was injected, where.
+    pub fault: Fault,
     /// When it was injected, since the start of the run.
     pub injected: Duration,
     /// When the heal completed (the node was back), if it was healed.
     pub healed: Option<Duration>,
+    /// How long each node the heal brought back took to be ready again.
+    pub rejoins: Vec<Rejoin>,
     /// Errors while injecting or healing, if any.
     pub errors: Vec<String>,
 }
 
 impl FaultRecord {
+    /// The kind of fault.
+    pub fn kind(&self) -> FaultKind {
+        self.fault.kind
+    }
+
     /// Whether the fault was active at some time in `[from, to]`.
     pub fn overlaps(&self, from: Duration, to: Duration) -> bool {
         self.injected <= to && self.healed.is_none_or(|h| h >= from)
@@ -243,12 +387,7 @@ impl FaultRecord {
 
 impl fmt::Display for FaultRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.kind)?;
-        match self.target {
-            Some(t) => write!(f, " {t}")?,
-            None => write!(f, " (all nodes)")?,
-        }
-        write!(f, " at {:.3}s", self.injected.as_secs_f64())?;
+        write!(f, "{} at {:.3}s", self.fault, self.injected.as_secs_f64())?;
         match self.healed {
             Some(h) => write!(f, ", healed at {:.3}s", h.as_secs_f64())?,
             None => write!(f, ", healed after the run")?,
@@ -267,16 +406,34 @@ mod tests {
     #[test]
     fn nemeses_parse() {
         assert_eq!(
-            parse_nemeses("kill,pause,partition,restart-all"),
+            parse_nemeses("kill,pause,partition,partition-coordinator,wipe,restart-all"),
             Ok(FaultKind::ALL.to_vec())
         );
         assert_eq!(parse_nemeses("all"), Ok(FaultKind::ALL.to_vec()));
+        assert!(parse_nemeses("all").is_ok_and(|k| {
+            k.contains(&FaultKind::PartitionCoordinator) && k.contains(&FaultKind::Wipe)
+        }));
         assert_eq!(parse_nemeses("none"), Ok(vec![]));
         assert_eq!(
             parse_nemeses("pause, kill,pause"),
             Ok(vec![FaultKind::Kill, FaultKind::Pause])
         );
+        assert_eq!(
+            parse_nemeses("wipe,restart-all,partition-coordinator,kill"),
+            Ok(vec![
+                FaultKind::Kill,
+                FaultKind::PartitionCoordinator,
+                FaultKind::Wipe,
+                FaultKind::RestartAll
+            ])
+        );
         assert!(parse_nemeses("kill,netem").is_err());
+        assert!(parse_nemeses("partition-coord").is_err());
+        let err = parse_nemeses("flood").expect_err("unknown kind");
+        assert!(
+            err.contains("partition-coordinator") && err.contains("wipe"),
+            "{err}"
+        );
         for k in FaultKind::ALL {
             assert_eq!(k.to_string().parse(), Ok(k));
         }
@@ -292,16 +449,26 @@ mod tests {
         assert_ne!(a, plan(43));
         // About one fault every 2 + 2.5 s on average.
         assert!((15..=45).contains(&a.len()), "{} faults", a.len());
-        // Every kind and every node shows up in a long enough run.
-        for k in kinds {
-            assert!(a.iter().any(|f| f.kind == k), "{k} never planned");
-        }
         let long = Nemesis::new(42, &kinds, Timing::default()).plan(Duration::from_secs(600));
         assert_eq!(long[..a.len()], a[..], "a longer run starts the same");
-        let mut targets: Vec<Node> = long.iter().filter_map(|f| f.target).collect();
+        // Every kind, every node and every direction shows up in a long run.
+        for k in kinds {
+            assert!(long.iter().any(|f| f.fault.kind == k), "{k} never planned");
+        }
+        let mut targets: Vec<Node> = long.iter().flat_map(|f| f.fault.targets.clone()).collect();
         targets.sort();
         targets.dedup();
         assert_eq!(targets.len(), 6, "{targets:?}");
+        for c in Cut::ALL {
+            assert!(
+                long.iter().any(|f| f.fault.cut == Some(c)),
+                "{c} never planned"
+            );
+        }
+        assert!(
+            long.iter().any(|f| f.fault.targets.len() == 2),
+            "no cut of two participants planned"
+        );
     }
 
     #[test]
@@ -310,13 +477,49 @@ mod tests {
         let mut n = Nemesis::new(7, &[FaultKind::Pause, FaultKind::RestartAll], t);
         for _ in 0..500 {
             let f = n.next_fault().expect("kinds are enabled");
-            assert!(matches!(f.kind, FaultKind::Pause | FaultKind::RestartAll));
-            assert_eq!(f.target.is_some(), f.kind == FaultKind::Pause);
+            assert!(matches!(
+                f.fault.kind,
+                FaultKind::Pause | FaultKind::RestartAll
+            ));
+            assert_eq!(
+                f.fault.targets.len(),
+                usize::from(f.fault.kind == FaultKind::Pause)
+            );
+            assert_eq!(f.fault.cut, None);
             assert!((t.gap_min..=t.gap_max).contains(&f.gap), "{f}");
             assert!((t.hold_min..=t.hold_max).contains(&f.hold), "{f}");
-            if let Some(Node::Participant(i)) = f.target {
-                assert!((1..=PARTICIPANTS).contains(&i));
+            for t in &f.fault.targets {
+                if let Node::Participant(i) = t {
+                    assert!((1..=PARTICIPANTS).contains(i));
+                }
             }
+        }
+        // The new kinds hit participants only; a cut always says which way,
+        // and two targets are two different participants.
+        let mut n = Nemesis::new(9, &[FaultKind::PartitionCoordinator, FaultKind::Wipe], t);
+        for _ in 0..500 {
+            let f = n.next_fault().expect("kinds are enabled");
+            assert!(!f.fault.targets.is_empty(), "{f}");
+            assert!(
+                f.fault
+                    .targets
+                    .iter()
+                    .all(|t| matches!(t, Node::Participant(i) if (1..=PARTICIPANTS).contains(i))),
+                "{f}"
+            );
+            match f.fault.kind {
+                FaultKind::Wipe => {
+                    assert_eq!(f.fault.targets.len(), 1, "{f}");
+                    assert_eq!(f.fault.cut, None, "{f}");
+                }
+                _ => {
+                    assert!(f.fault.cut.is_some(), "{f}");
+                    assert!(f.fault.targets.len() <= 2, "{f}");
+                    assert!(f.fault.targets.windows(2).all(|w| w[0] < w[1]), "{f}");
+                }
+            }
+            // Held past the 1 s lease at least some of the time, never below it.
+            assert!(f.hold >= Duration::from_secs(1), "{f}");
         }
         assert_eq!(Nemesis::new(7, &[], t).next_fault(), None);
         assert!(
@@ -327,12 +530,38 @@ mod tests {
     }
 
     #[test]
+    fn faults_describe_themselves() {
+        let f = Fault {
+            kind: FaultKind::PartitionCoordinator,
+            targets: vec![Node::Participant(2), Node::Participant(4)],
+            cut: Some(Cut::ParticipantToCoordinator),
+        };
+        assert_eq!(
+            f.to_string(),
+            "partition-coordinator participant-2,participant-4 (participant->coordinator lost)"
+        );
+        assert!(Cut::Both.to_coordinator() && Cut::Both.to_participant());
+        assert!(!Cut::CoordinatorToParticipant.to_coordinator());
+        assert!(!Cut::ParticipantToCoordinator.to_participant());
+        let all = Fault {
+            kind: FaultKind::RestartAll,
+            targets: vec![],
+            cut: None,
+        };
+        assert_eq!(all.to_string(), "restart-all all nodes");
+        assert_eq!(
+            Fault::at(FaultKind::Wipe, Node::Participant(3)).to_string(),
+            "wipe participant-3"
+        );
+    }
+
+    #[test]
     fn fault_windows_overlap() {
         let r = FaultRecord {
-            kind: FaultKind::Kill,
-            target: Some(Node::Participant(2)),
+            fault: Fault::at(FaultKind::Kill, Node::Participant(2)),
             injected: Duration::from_secs(10),
             healed: Some(Duration::from_secs(12)),
+            rejoins: vec![],
             errors: vec![],
         };
         let s = Duration::from_secs;
