@@ -140,6 +140,9 @@ pub enum Vote {
         results: Vec<OpResult>,
         /// The replica's digest once the batch is applied.
         digest: u128,
+        /// The voter's incarnation: a vote counts only for the incarnation
+        /// the view (or the learner record) names.
+        incarnation: Incarnation,
     },
     /// Refused because of the batch (a limit, a stale id); nothing is wrong
     /// with the replica.
@@ -171,6 +174,9 @@ pub struct ResolveRequest {
     pub incarnation: Incarnation,
     /// The batch in doubt.
     pub batch: BatchId,
+    /// Its first version: an old batch starting beyond the committed
+    /// version cannot have committed.
+    pub first_version: Version,
 }
 
 /// The coordinator's decision for a batch.

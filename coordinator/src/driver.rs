@@ -20,15 +20,17 @@ use quintet_common::clock;
 use quintet_common::error::Error;
 use quintet_common::net::{Link, LinkError, context_with_timeout};
 use quintet_common::protocol::coordinator::{Action, Coordinator, Message, Record};
-use quintet_common::protocol::view::Incarnation;
 use quintet_common::rpc::{
     CoordinatorStatus, Decision, ParticipantRequest, ParticipantResponse, RenewReply, RenewRequest,
     Vote, peer_conn,
 };
 use quintet_common::storage::{wal, writer::LogWriter};
-use quintet_common::types::{BatchId, NodeId, Op, OpResult};
+use quintet_common::types::{BatchId, NodeId, Op, OpResult, Version};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
+
+/// Most queued inputs handled before a tick, so a flood cannot starve it.
+const MAX_BEFORE_TICK: usize = 4096;
 
 /// A waiting client's reply handle.
 pub type Reply = oneshot::Sender<Result<OpResult, Error>>;
@@ -65,13 +67,8 @@ pub enum Event {
         Box<RenewRequest>,
         oneshot::Sender<Result<RenewReply, Error>>,
     ),
-    /// A participant asks for a batch's fate.
-    Resolve(
-        NodeId,
-        Incarnation,
-        BatchId,
-        oneshot::Sender<Result<Decision, Error>>,
-    ),
+    /// A participant asks for a batch's fate (given its first version).
+    Resolve(BatchId, Version, oneshot::Sender<Result<Decision, Error>>),
     /// Status request.
     Status(oneshot::Sender<CoordinatorStatus>),
     /// Stop taking writes, finish the round in flight, flush and return.
@@ -156,17 +153,25 @@ impl Driver {
             tokio::select! {
                 ev = rx.recv() => match ev {
                     Some(Event::Stop) | None => {
-                        if stop_deadline.is_none() {
-                            info!("stopping: refusing new writes, finishing the round in flight");
-                            let actions = self.sm.stop();
-                            self.execute(actions);
-                            stop_deadline = Some(Instant::now() + self.prepare_timeout * 2);
-                        }
+                        self.begin_stop(&mut stop_deadline);
                         if self.sm.is_idle() { break; }
                     }
                     Some(ev) => self.handle(ev),
                 },
                 _ = tick.tick() => {
+                    // Inputs already waiting go first: after the process was
+                    // paused, the renewals queued meanwhile must count before
+                    // a tick decides who stopped renewing.
+                    for _ in 0..MAX_BEFORE_TICK {
+                        match rx.try_recv() {
+                            Ok(Event::Stop) => {
+                                self.begin_stop(&mut stop_deadline);
+                                break;
+                            }
+                            Ok(ev) => self.handle(ev),
+                            Err(_) => break,
+                        }
+                    }
                     let actions = self.sm.tick(clock::now());
                     self.execute(actions);
                 }
@@ -180,6 +185,17 @@ impl Driver {
             committed = self.sm.committed(),
             "coordinator stopped"
         );
+    }
+
+    /// Refuses new writes and gives the round in flight a bounded time to
+    /// finish (once).
+    fn begin_stop(&mut self, stop_deadline: &mut Option<Instant>) {
+        if stop_deadline.is_none() {
+            info!("stopping: refusing new writes, finishing the round in flight");
+            let actions = self.sm.stop();
+            self.execute(actions);
+            *stop_deadline = Some(Instant::now() + self.prepare_timeout * 2);
+        }
     }
 
     fn handle(&mut self, ev: Event) {
@@ -209,8 +225,8 @@ impl Driver {
                 let _ = reply.send(answer);
                 actions
             }
-            Event::Resolve(from, incarnation, batch, reply) => {
-                let _ = reply.send(self.sm.resolve(from, incarnation, batch));
+            Event::Resolve(batch, first_version, reply) => {
+                let _ = reply.send(self.sm.resolve(batch, first_version));
                 Vec::new()
             }
             Event::Status(reply) => {

@@ -124,7 +124,7 @@ impl Coord for Handler {
 
     async fn resolve(self, _: Context, req: ResolveRequest) -> Result<Decision, Error> {
         self.check_cluster(req.cluster, req.from)?;
-        self.ask(|tx| Event::Resolve(req.from, req.incarnation, req.batch, tx))
+        self.ask(|tx| Event::Resolve(req.batch, req.first_version, tx))
             .await?
     }
 

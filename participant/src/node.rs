@@ -340,6 +340,25 @@ impl Node {
         self.step(|sm| sm.prepare(&req)).await
     }
 
+    /// Where this replica stands, answered only once that state is durable:
+    /// the coordinator may make it a member on this answer.
+    pub async fn probe(
+        &self,
+        req: quintet_common::rpc::ProbeRequest,
+    ) -> Result<quintet_common::rpc::ProbeReply, Error> {
+        let (reply, durable) = {
+            let g = self.lock();
+            (
+                g.sm.probe(req.cluster, req.to)?,
+                g.log.wait_durable(g.log.last_lsn()),
+            )
+        };
+        if let Err(e) = durable.await {
+            fatal_log(self.id, e);
+        }
+        Ok(reply)
+    }
+
     /// Ends the lease at once, if the revoke is meant for this replica.
     pub fn revoke(&self, req: quintet_common::rpc::RevokeRequest) -> Result<(), Error> {
         let mut g = self.lock();
@@ -541,18 +560,22 @@ impl Node {
     }
 
     async fn resolve(&self, batch: BatchId) {
-        let (cluster, incarnation) = {
+        let (cluster, incarnation, first_version) = {
             let g = self.lock();
-            let Some(cluster) = g.sm.cluster() else {
+            let (Some(cluster), Some(p)) = (g.sm.cluster(), g.sm.pending()) else {
                 return;
             };
-            (cluster, g.sm.incarnation())
+            if p.batch.id != batch {
+                return;
+            }
+            (cluster, g.sm.incarnation(), p.batch.first_version)
         };
         let req = ResolveRequest {
             cluster,
             from: self.id,
             incarnation,
             batch,
+            first_version,
         };
         let ctx = context_with_timeout(Duration::from_secs(2));
         match self

@@ -96,7 +96,7 @@ impl Peer for Handler {
     }
 
     async fn probe(self, _: Context, req: ProbeRequest) -> Result<ProbeReply, Error> {
-        self.0.lock().sm.probe(req.cluster, req.to)
+        self.0.probe(req).await
     }
 
     async fn revoke(self, _: Context, req: RevokeRequest) -> Result<(), Error> {

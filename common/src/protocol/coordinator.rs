@@ -40,9 +40,10 @@
 //!
 //! **Resolve.** Once members can be dropped, a batch the coordinator does
 //! not know any more may have committed without the asker (its ack was no
-//! longer awaited). Presumed abort is answered only to a member that has
-//! been one without a break since that batch's epoch, which could not have
-//! been skipped; everyone else hears "unknown, catch up".
+//! longer awaited). Presumed abort is answered only for a batch of a
+//! finished round that starts beyond the committed version (committed
+//! versions have no gaps, so it cannot have committed); for any other
+//! forgotten batch the answer is "unknown, catch up".
 //!
 //! Time enters as a [`Time`] argument; `T` is the driver's reply handle for
 //! a waiting client (a oneshot sender in the binary, a number in tests).
@@ -230,16 +231,21 @@ struct Round<T> {
     waiters: Vec<(T, Time)>,
     /// The members of the view it was proposed in.
     voters: BTreeSet<NodeId>,
-    /// Learners it was sent to (their votes do not count).
-    learners: BTreeSet<NodeId>,
+    /// Learners it was sent to, with their incarnations (their votes do
+    /// not count).
+    learners: BTreeMap<NodeId, Incarnation>,
     votes: BTreeMap<NodeId, (Vec<OpResult>, u128)>,
-    learner_yes: BTreeMap<NodeId, (Vec<OpResult>, u128)>,
+    learner_yes: BTreeMap<NodeId, (Vec<OpResult>, u128, Incarnation)>,
     phase: Phase,
 }
 
 impl<T> Round<T> {
     fn recipients(&self) -> BTreeSet<NodeId> {
-        self.voters.union(&self.learners).copied().collect()
+        self.voters
+            .iter()
+            .chain(self.learners.keys())
+            .copied()
+            .collect()
     }
 }
 
@@ -659,17 +665,34 @@ impl<T> Coordinator<T> {
         if round.batch.id != batch || round.phase != Phase::Preparing {
             return Vec::new();
         }
-        if round.learners.contains(&from) {
-            if let Ok(Vote::Yes { results, digest }) = vote {
-                round.learner_yes.insert(from, (results, digest));
+        if let Some(&expected) = round.learners.get(&from) {
+            if let Ok(Vote::Yes {
+                results,
+                digest,
+                incarnation,
+            }) = vote
+                && incarnation == expected
+            {
+                round
+                    .learner_yes
+                    .insert(from, (results, digest, incarnation));
             }
             return Vec::new();
         }
         if !round.voters.contains(&from) {
             return Vec::new();
         }
+        let expected = self.view.member(from).map(|m| m.incarnation);
         match vote {
-            Ok(Vote::Yes { results, digest }) => {
+            Ok(Vote::Yes { incarnation, .. }) if Some(incarnation) != expected => self.suspect(
+                from,
+                true,
+                format!("a new incarnation ({incarnation:016x}) of replica {from} answered for it"),
+                now,
+            ),
+            Ok(Vote::Yes {
+                results, digest, ..
+            }) => {
                 // A YES proves the member is reachable both ways: a member
                 // kept because it could not be dropped gets leases again.
                 if let Some(n) = self.nodes.get_mut(&from) {
@@ -889,10 +912,12 @@ impl<T> Coordinator<T> {
             })
             .collect();
         let mut unacked = round.voters.clone();
-        for (id, vote) in &round.learner_yes {
-            if *vote == (results.clone(), digest) {
+        for (id, (r, d, incarnation)) in &round.learner_yes {
+            if *r == results && *d == digest {
                 unacked.insert(*id);
-                if let Some(l) = self.nodes.get_mut(id).and_then(|n| n.learner.as_mut()) {
+                if let Some(l) = self.nodes.get_mut(id).and_then(|n| n.learner.as_mut())
+                    && l.incarnation == *incarnation
+                {
                     l.synced_on = Some(batch);
                 }
             }
@@ -1007,13 +1032,9 @@ impl<T> Coordinator<T> {
         actions
     }
 
-    /// The fate of a batch, for participant `from` that holds it prepared.
-    pub fn resolve(
-        &self,
-        from: NodeId,
-        incarnation: Incarnation,
-        batch: BatchId,
-    ) -> Result<Decision, Error> {
+    /// The fate of a batch that a participant holds prepared, given the
+    /// batch's first version.
+    pub fn resolve(&self, batch: BatchId, first_version: Version) -> Result<Decision, Error> {
         if self.unacked_commits.contains_key(&batch) || self.last_committed == Some(batch) {
             return Ok(Decision::Commit);
         }
@@ -1028,28 +1049,24 @@ impl<T> Coordinator<T> {
                 self.view.epoch
             )))
         };
-        if batch.epoch == self.view.epoch {
-            if self.aborted.contains(&batch.seq) {
-                return Ok(Decision::Abort);
-            }
-            if batch.seq >= self.next_seq {
-                return never();
-            }
-            // Proposed in this epoch, not aborted, not remembered: it
-            // committed and every replica that could ask has acked it.
-            return Ok(Decision::Unknown);
-        }
-        if batch.epoch > self.view.epoch {
+        if batch.epoch > self.view.epoch
+            || (batch.epoch == self.view.epoch && batch.seq >= self.next_seq)
+        {
             return never();
         }
-        // An older epoch. Had it committed, a member since then would still
-        // be awaited for its ack, and the COMMIT would still be here.
-        match self.view.member(from) {
-            Some(m) if m.incarnation == incarnation && m.since <= batch.epoch => {
-                Ok(Decision::Abort)
-            }
-            _ => Ok(Decision::Unknown),
+        if batch.epoch == self.view.epoch && self.aborted.contains(&batch.seq) {
+            return Ok(Decision::Abort);
         }
+        // Not remembered. Committed versions have no gaps, so a batch that
+        // starts beyond the committed version never committed, and being
+        // of a finished round it never will: presumed abort. Otherwise it
+        // may have committed and been forgotten once everyone who could
+        // ask had acknowledged it, and the asker (a replica that was out of
+        // the view, or whose question arrives late) must not be told abort.
+        if batch.epoch < self.view.epoch && first_version > self.committed {
+            return Ok(Decision::Abort);
+        }
+        Ok(Decision::Unknown)
     }
 
     /// Stops taking writes: queued ones are refused and a round still
@@ -1195,16 +1212,14 @@ impl<T> Coordinator<T> {
             ops,
         };
         let voters: BTreeSet<NodeId> = self.view.ids().collect();
-        let learners: BTreeSet<NodeId> = self
+        let learners: BTreeMap<NodeId, Incarnation> = self
             .nodes
             .iter()
-            .filter(|(id, n)| {
-                !voters.contains(id)
-                    && n.learner
-                        .as_ref()
-                        .is_some_and(|l| matches!(l.catchup, CatchupState::Following))
+            .filter(|(id, _)| !voters.contains(id))
+            .filter_map(|(&id, n)| {
+                let l = n.learner.as_ref()?;
+                matches!(l.catchup, CatchupState::Following).then_some((id, l.incarnation))
             })
-            .map(|(id, _)| *id)
             .collect();
         let prev = self
             .last_batch
@@ -1212,8 +1227,8 @@ impl<T> Coordinator<T> {
             .filter(|b| Some(b.id) == self.last_committed)
             .cloned();
         let mut actions: Vec<Action<T>> = Vec::new();
-        for &to in voters.iter().chain(&learners) {
-            let is_learner = learners.contains(&to);
+        for &to in voters.iter().chain(learners.keys()) {
+            let is_learner = learners.contains_key(&to);
             actions.push(Action::Send {
                 to,
                 msg: Message::Prepare(PrepareRequest {
@@ -1253,6 +1268,8 @@ impl<T> Coordinator<T> {
             return Vec::new();
         }
         let bound = self.lease_bound();
+        // Members that may be dropped: suspect, no lease granted since, and
+        // the last one surely over (or revoked), the longest suspected first.
         let mut suspects: Vec<(Time, NodeId, String)> = self
             .view
             .ids()
@@ -1264,25 +1281,29 @@ impl<T> Coordinator<T> {
             })
             .collect();
         suspects.sort();
-        suspects.truncate(self.view.len().saturating_sub(self.cfg.min_members));
-        let dropping: BTreeSet<NodeId> = suspects.iter().map(|(_, id, _)| *id).collect();
+        let droppable: BTreeSet<NodeId> = suspects.iter().map(|(_, id, _)| *id).collect();
+        // Learners that may join: not while they copy (a copy may still
+        // replace their state), and only with proof the coordinator reaches
+        // them: a YES with the members on the batch just committed, or a
+        // probe answered in this epoch at the committed version and digest
+        // (a heartbeat would not do: a one-way cut lets those through). A
+        // new incarnation of a member joins in the same view change that
+        // drops the old one, so a wiped replica can come back even when the
+        // view is at `min_members`.
         let joining: Vec<(NodeId, Incarnation)> = if self.round.is_none() {
             self.nodes
                 .iter()
-                .filter(|(id, _)| self.view.member(**id).is_none() || dropping.contains(id))
                 .filter_map(|(&id, n)| {
                     let l = n.learner.as_ref()?;
-                    // Not while it copies: a copy may still replace its state.
-                    if !matches!(l.catchup, CatchupState::Following | CatchupState::Idle)
-                        || dropping.contains(&id)
-                    {
+                    match self.view.member(id) {
+                        Some(m) if m.incarnation == l.incarnation || !droppable.contains(&id) => {
+                            return None;
+                        }
+                        _ => {}
+                    }
+                    if !matches!(l.catchup, CatchupState::Following | CatchupState::Idle) {
                         return None;
                     }
-                    // Either it voted YES with the members on the batch just
-                    // committed, or it answered a probe in this epoch, at
-                    // the committed version with the committed digest. Both
-                    // prove the coordinator can reach it; a report in a
-                    // heartbeat would not (a one-way cut lets those through).
                     let synced = l.synced_on.is_some() && l.synced_on == self.last_committed;
                     let caught_up = l.probed.is_some_and(|(epoch, r)| {
                         epoch == self.view.epoch
@@ -1297,6 +1318,24 @@ impl<T> Coordinator<T> {
         } else {
             Vec::new()
         };
+        let replaced: BTreeSet<NodeId> = joining
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| self.view.member(*id).is_some())
+            .collect();
+        // Every replaced member goes; other drops only as far as the view
+        // keeps `min_members` (a replacement leaves the count as it was).
+        let room =
+            (self.view.len() + joining.len()).saturating_sub(self.cfg.min_members + replaced.len());
+        let mut others = 0;
+        suspects.retain(|(_, id, _)| {
+            if replaced.contains(id) {
+                return true;
+            }
+            others += 1;
+            others <= room
+        });
+        let dropping: BTreeSet<NodeId> = suspects.iter().map(|(_, id, _)| *id).collect();
         if dropping.is_empty() && joining.is_empty() {
             return Vec::new();
         }
@@ -1316,11 +1355,11 @@ impl<T> Coordinator<T> {
             .filter(|m| !dropping.contains(&m.id))
             .copied()
             .collect();
-        members.extend(joining.iter().map(|&(id, incarnation)| Member {
-            id,
-            incarnation,
-            since: epoch,
-        }));
+        members.extend(
+            joining
+                .iter()
+                .map(|&(id, incarnation)| Member { id, incarnation }),
+        );
         members.sort();
         self.view = View { epoch, members };
         self.view_pending = true;

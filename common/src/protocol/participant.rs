@@ -398,6 +398,7 @@ impl Participant {
             return Step::reply(Ok(Vote::Yes {
                 results: p.results.clone(),
                 digest: p.digest,
+                incarnation: self.incarnation,
             }));
         }
         if let Some(seen) = self.highest_seen
@@ -409,6 +410,16 @@ impl Participant {
             ))));
         }
         let member = req.view.contains(self.id, self.incarnation);
+        // The view names another incarnation of this id (this data dir
+        // replaced it): voting would speak for a replica that is gone.
+        if let Some(m) = req.view.member(self.id)
+            && m.incarnation != self.incarnation
+        {
+            return Step::reply(Ok(Vote::OutOfSync(format!(
+                "replica {} is a new incarnation ({:016x}); {} still names {:016x}",
+                self.id, self.incarnation, req.view, m.incarnation
+            ))));
+        }
         let mut step = Step::reply(Ok(Vote::No(String::new())));
         // A newer round means the coordinator decided the pending batch:
         // committed if it is the last committed one, aborted if the new
@@ -511,6 +522,7 @@ impl Participant {
         step.reply = Ok(Vote::Yes {
             results: results.clone(),
             digest,
+            incarnation: self.incarnation,
         });
         self.pending = Some(Prepared {
             batch: batch.clone(),
@@ -911,7 +923,6 @@ mod tests {
             members: vec![Member {
                 id: 1,
                 incarnation: 1,
-                since: 1,
             }],
         }
     }

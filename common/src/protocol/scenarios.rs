@@ -263,7 +263,6 @@ impl Sim {
                     .map(|&id| Member {
                         id,
                         incarnation: id as u64,
-                        since: 0,
                     })
                     .collect(),
             },
@@ -695,10 +694,11 @@ impl Sim {
     /// Participant `id` asks the coordinator about its pending batch and
     /// applies the answer. Returns the answer, or None with nothing pending.
     fn resolve(&mut self, id: NodeId) -> Option<Decision> {
-        let batch = self.p(id).pending()?.batch.id;
+        let pending = &self.p(id).pending()?.batch;
+        let (batch, first) = (pending.id, pending.first_version);
         let decision = self
             .coord
-            .resolve(id, id as u64, batch)
+            .resolve(batch, first)
             .unwrap_or_else(|e| panic!("resolve of {batch} for participant {id}: {e}"));
         let node = self.node(id);
         let step = node.p.resolved(batch, decision);
@@ -1502,10 +1502,7 @@ fn coordinator_log_compaction_between_commit_record_and_commit_durable_keeps_the
         (1, Some(batch_id(1, 1))),
         "the restarted coordinator forgot an acknowledged commit"
     );
-    assert_eq!(
-        sim.coord.resolve(1, 1, batch_id(1, 1)),
-        Ok(Decision::Commit)
-    );
+    assert_eq!(sim.coord.resolve(batch_id(1, 1), 1), Ok(Decision::Commit));
     sim.heal();
     let t2 = sim.submit(put("b", "2"));
     sim.settle();
@@ -1862,10 +1859,7 @@ fn resolve_says_pending_while_undecided_then_the_decision() {
     assert_eq!(sim.p(1).store().applied(), 1);
     sim.settle();
     // An already-applied commit resent later is acknowledged without effect.
-    assert_eq!(
-        sim.coord.resolve(1, 1, batch_id(1, 1)),
-        Ok(Decision::Commit)
-    );
+    assert_eq!(sim.coord.resolve(batch_id(1, 1), 1), Ok(Decision::Commit));
     sim.check_all();
 }
 

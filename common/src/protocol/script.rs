@@ -18,6 +18,10 @@
 //!   `deliver ...` or `drop ...`. A request to a crashed node fails at once
 //!   (connection refused), as it does on a real host; a request on a cut
 //!   link is lost (the sender times out).
+//! - **Durability.** A coordinator record counts as durable when the runner
+//!   reports it so; `hold durable` delays that, and `crash c` meanwhile
+//!   loses what was appended since. `compact` replaces the decision log
+//!   with the coordinator's checkpoint, as its driver may at any point.
 //! - **Nodes.** `crash N` loses memory and keeps the disk, `restart N`
 //!   replays the disk (a participant keeps its incarnation), `wipe N` also
 //!   deletes the disk (the restart gets a new incarnation), `pause N` /
@@ -59,6 +63,8 @@ const STEP: Duration = Duration::from_millis(10);
 const RESOLVE_EVERY: Duration = Duration::from_millis(500);
 /// Small chunks, so a copy takes several round trips that faults can hit.
 const SIM_CHUNK: u64 = 64;
+/// A copy call without an answer by then fails (the driver's 10 s).
+const COPY_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 type R = Result<String, Box<dyn StdError>>;
 
@@ -93,7 +99,7 @@ enum Msg {
     Probed(u64, ProbeReply),
     Renew(Box<RenewRequest>, Time),
     RenewReply(Box<RenewReply>, Time),
-    Resolve(BatchId),
+    Resolve(BatchId, Version),
     Resolved(BatchId, Decision),
     CuBegin(CatchupRequest),
     CuPlan(Result<CatchupPlan, Error>),
@@ -215,6 +221,8 @@ struct PNode {
     next_resolve: Time,
     copy: Copy,
     source: Option<NodeId>,
+    /// When the copy's last call left, for its timeout.
+    copy_asked: Option<Time>,
     /// Source side: transfer id -> (image still to send, learner).
     transfers: BTreeMap<u64, (Option<Snapshot>, NodeId)>,
     next_transfer: u64,
@@ -236,6 +244,7 @@ impl PNode {
             next_resolve: now,
             copy: Copy::Idle,
             source: None,
+            copy_asked: None,
             transfers: BTreeMap::new(),
             next_transfer: 1,
         }
@@ -301,6 +310,9 @@ pub struct Runner {
     timers: Vec<(Time, BatchId)>,
     durable: Vec<coordinator::Record>,
     hold_durable: bool,
+    /// Length of the decision log when `hold durable` began: a crash
+    /// meanwhile loses what was appended after it.
+    durable_len: Option<usize>,
     nodes: BTreeMap<NodeId, PNode>,
     net: Vec<Packet>,
     cut: BTreeSet<(Addr, Addr)>,
@@ -336,6 +348,7 @@ impl Default for Runner {
             timers: Vec::new(),
             durable: Vec::new(),
             hold_durable: false,
+            durable_len: None,
             nodes: BTreeMap::new(),
             net: Vec::new(),
             cut: BTreeSet::new(),
@@ -391,26 +404,6 @@ impl Runner {
             match action {
                 Action::Persist(record) => {
                     self.coord_log.push(record.clone());
-                    match &record {
-                        coordinator::Record::Commit {
-                            batch,
-                            first,
-                            last,
-                            digest,
-                        } => self.on_commit_record(*batch, *first, *last, *digest)?,
-                        coordinator::Record::View(v) => {
-                            if v.epoch <= self.highest_view {
-                                return Err(format!(
-                                    "invariant 7: view {} follows view {}",
-                                    v.epoch, self.highest_view
-                                )
-                                .into());
-                            }
-                            self.highest_view = v.epoch;
-                            self.durable_views.insert(v.epoch);
-                        }
-                        _ => {}
-                    }
                     if matches!(
                         record,
                         coordinator::Record::Commit { .. } | coordinator::Record::View(_)
@@ -484,9 +477,31 @@ impl Runner {
                 let Some(c) = self.coord.as_mut() else {
                     return Ok(());
                 };
+                // The record is durable now: only from here is the batch
+                // committed and the view in force.
                 let actions = match r {
-                    coordinator::Record::Commit { batch, .. } => c.commit_durable(batch, now),
-                    coordinator::Record::View(v) => c.view_durable(v.epoch, now),
+                    coordinator::Record::Commit {
+                        batch,
+                        first,
+                        last,
+                        digest,
+                    } => {
+                        let a = c.commit_durable(batch, now);
+                        self.on_commit_record(batch, first, last, digest)?;
+                        a
+                    }
+                    coordinator::Record::View(v) => {
+                        if v.epoch <= self.highest_view {
+                            return Err(format!(
+                                "invariant 7: view {} follows view {}",
+                                v.epoch, self.highest_view
+                            )
+                            .into());
+                        }
+                        self.highest_view = v.epoch;
+                        self.durable_views.insert(v.epoch);
+                        c.view_durable(v.epoch, now)
+                    }
                     _ => Vec::new(),
                 };
                 self.exec(actions)?;
@@ -658,10 +673,9 @@ impl Runner {
                 }
                 actions
             }
-            Msg::Resolve(batch) => {
-                let inc = self.nodes.get(&from).map_or(0, |n| n.incarnation);
+            Msg::Resolve(batch, first) => {
                 let answer = c
-                    .resolve(from, inc, batch)
+                    .resolve(batch, first)
                     .map_err(|e| format!("resolve of {batch} for {from}: {e}"))?;
                 if matches!(answer, Decision::Commit | Decision::Abort) {
                     let old = self.resolves.insert(batch, answer);
@@ -859,6 +873,7 @@ impl Runner {
                         digest: n.sm.store().digest(),
                     };
                     let life = n.life;
+                    n.copy_asked = Some(self.now);
                     self.out.push(format!("{t} {id}: copies from {src}"));
                     self.send(Addr::P(id), Addr::P(src), life, Msg::CuBegin(req));
                 }
@@ -880,9 +895,11 @@ impl Runner {
 
     fn copy_step(&mut self, id: NodeId, answer: CopyAnswer) -> Result<(), Box<dyn StdError>> {
         let t = self.t();
+        let now = self.now;
         let Some(n) = self.nodes.get_mut(&id) else {
             return Ok(());
         };
+        n.copy_asked = None;
         let Copy::Running(cu) = &mut n.copy else {
             return Ok(());
         };
@@ -946,6 +963,7 @@ impl Runner {
             }
         };
         if let Some(msg) = msg {
+            n.copy_asked = Some(now);
             self.send(Addr::P(id), Addr::P(src), life, msg);
         }
         Ok(())
@@ -965,6 +983,15 @@ impl Runner {
             if !n.up || n.paused || n.sm.cluster().is_none() {
                 continue;
             }
+            if matches!(n.copy, Copy::Running(_))
+                && n.copy_asked
+                    .is_some_and(|t| now.since(t) >= COPY_CALL_TIMEOUT)
+            {
+                self.copy_failed(id, "no answer in time".into());
+            }
+            let Some(n) = self.nodes.get_mut(&id) else {
+                continue;
+            };
             if now >= n.next_heartbeat {
                 n.next_heartbeat = now.plus(self.s.heartbeat);
                 let req = n.renew_request();
@@ -977,8 +1004,8 @@ impl Runner {
             if now >= n.next_resolve {
                 n.next_resolve = now.plus(RESOLVE_EVERY);
                 if let Some(p) = n.sm.pending() {
-                    let (b, life) = (p.batch.id, n.life);
-                    self.send(Addr::P(id), Addr::C, life, Msg::Resolve(b));
+                    let (b, first, life) = (p.batch.id, p.batch.first_version, n.life);
+                    self.send(Addr::P(id), Addr::C, life, Msg::Resolve(b, first));
                 }
             }
         }
@@ -1159,7 +1186,13 @@ impl Runner {
             if before.contains(m.id, m.incarnation) {
                 continue;
             }
-            let Some(n) = self.nodes.get(&m.id) else {
+            // A member whose data dir was replaced since it qualified is a
+            // member that died right after joining; its state is gone.
+            let Some(n) = self
+                .nodes
+                .get(&m.id)
+                .filter(|n| n.incarnation == m.incarnation)
+            else {
                 continue;
             };
             let applied_ok = n.sm.store().applied() == self.oracle.store.applied()
@@ -1230,6 +1263,7 @@ impl Runner {
         self.cut.clear();
         self.holds.clear();
         self.hold_durable = false;
+        self.durable_len = None;
         self.coord_paused = false;
         if self.coord.is_none() {
             self.start_coordinator()?;
@@ -1378,6 +1412,20 @@ impl goldenscript::Runner for Runner {
                     ("crash", Addr::C) => {
                         self.coord = None;
                         self.coord_paused = false;
+                        // What was appended but never made durable is lost.
+                        if let Some(n) = self.durable_len.take() {
+                            let lost = self.coord_log.len().saturating_sub(n);
+                            self.coord_log.truncate(n);
+                            self.durable.clear();
+                            self.hold_durable = false;
+                            if lost > 0 {
+                                let line = format!(
+                                    "{} c: {lost} record(s) not yet durable are lost",
+                                    self.t()
+                                );
+                                self.say(line);
+                            }
+                        }
                         let lost: Vec<String> = self
                             .submitted
                             .keys()
@@ -1425,6 +1473,16 @@ impl goldenscript::Runner for Runner {
                 self.say(line);
                 self.settle()?;
             }
+            "compact" => {
+                args.reject_next()?;
+                if self.hold_durable {
+                    return Err("compact while records are held is not modelled".into());
+                }
+                let c = self.coord.as_ref().ok_or("the coordinator is down")?;
+                self.coord_log = vec![c.checkpoint()];
+                let line = format!("{} c: decision log compacted to a checkpoint", self.t());
+                self.say(line);
+            }
             "cut" => {
                 let a = parse_addr(args.next_pos().ok_or("cut A B")?)?;
                 let b = parse_addr(args.next_pos().ok_or("cut A B")?)?;
@@ -1454,6 +1512,7 @@ impl goldenscript::Runner for Runner {
                 args.reject_next()?;
                 self.holds.clear();
                 self.hold_durable = false;
+                self.durable_len = None;
                 self.report_durable()?;
                 self.settle()?;
             }

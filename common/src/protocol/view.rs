@@ -44,9 +44,6 @@ pub struct Member {
     pub id: NodeId,
     /// Its data dir's incarnation.
     pub incarnation: Incarnation,
-    /// The epoch from which it has been a member without a break. A batch of
-    /// an older epoch than this was voted on without it.
-    pub since: u64,
 }
 
 /// Who votes on the batches of one epoch.
@@ -138,12 +135,10 @@ mod tests {
                 Member {
                     id: 1,
                     incarnation: 11,
-                    since: 1,
                 },
                 Member {
                     id: 3,
                     incarnation: 33,
-                    since: 4,
                 },
             ],
         };
