@@ -320,6 +320,8 @@ pub struct Runner {
     next_token: u64,
     submitted: BTreeMap<u64, Op>,
     answered: BTreeMap<u64, Result<OpResult, Error>>,
+    /// Clients whose coordinator died before answering.
+    lost: BTreeSet<u64>,
     oracle: Oracle,
     highest_view: u64,
     durable_views: BTreeSet<u64>,
@@ -356,6 +358,7 @@ impl Default for Runner {
             next_token: 1,
             submitted: BTreeMap::new(),
             answered: BTreeMap::new(),
+            lost: BTreeSet::new(),
             oracle: Oracle::default(),
             highest_view: 0,
             durable_views: BTreeSet::new(),
@@ -1426,12 +1429,14 @@ impl goldenscript::Runner for Runner {
                                 self.say(line);
                             }
                         }
-                        let lost: Vec<String> = self
+                        let lost: Vec<u64> = self
                             .submitted
                             .keys()
-                            .filter(|t| !self.answered.contains_key(t))
-                            .map(|t| format!("t{t}"))
+                            .filter(|t| !self.answered.contains_key(t) && !self.lost.contains(t))
+                            .copied()
                             .collect();
+                        self.lost.extend(&lost);
+                        let lost: Vec<String> = lost.iter().map(|t| format!("t{t}")).collect();
                         if !lost.is_empty() {
                             let line = format!(
                                 "{} client {}: no answer, outcome unknown",
@@ -1504,6 +1509,7 @@ impl goldenscript::Runner for Runner {
                     .any(|a| matches!(a, goldenscript::Argument::Positional(p) if p == "durable"))
                 {
                     self.hold_durable = true;
+                    self.durable_len.get_or_insert(self.coord_log.len());
                 } else {
                     self.holds.push(Filter::parse(cmd)?);
                 }
