@@ -869,12 +869,12 @@ impl Participant {
 
     fn apply(&mut self, batch: Batch) {
         self.last_committed = Some(batch.id);
-        let digest = self.store.digest_after(&batch);
-        self.window.push(LearnedBatch {
-            batch: batch.clone(),
-            digest,
-        });
+        let kept = batch.clone();
         self.store.apply(batch);
+        self.window.push(LearnedBatch {
+            batch: kept,
+            digest: self.store.digest(),
+        });
         self.known_committed = self.known_committed.max(self.store.applied());
     }
 
