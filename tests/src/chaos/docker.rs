@@ -651,7 +651,17 @@ impl Backend for DockerBackend {
         self.uncut(None).await?;
         let nodes: Vec<Node> = self.containers.keys().copied().collect();
         for &node in &nodes {
-            let (running, paused, connected) = self.state(node).await?;
+            let (running, paused, connected) = match self.state(node).await {
+                Ok(s) => s,
+                // A wipe that failed between removing the container and
+                // recreating it: recreate it (empty) now.
+                Err(e) if matches!(node, Node::Participant(_)) && self.no_wipe.is_none() => {
+                    warnings.push(format!("{node} had no container ({e:#}); recreated it"));
+                    self.recreate(node).await?;
+                    self.state(node).await?
+                }
+                Err(e) => return Err(e),
+            };
             if paused {
                 docker(&["unpause", self.id(node)?]).await?;
             }
