@@ -301,15 +301,20 @@ impl Driver {
                     warn!(node = id, %reason, "member suspect; no more leases for it");
                 }
                 Action::ViewChanged { view, left, joined } => {
-                    let left: Vec<String> = left
-                        .iter()
-                        .map(|(id, why)| format!("{id} ({why})"))
-                        .collect();
+                    let list = |v: &[(NodeId, String)]| {
+                        if v.is_empty() {
+                            return "-".to_string();
+                        }
+                        v.iter()
+                            .map(|(id, why)| format!("{id} ({why})"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
                     info!(
                         epoch = view.epoch,
                         members = ?view.ids().collect::<Vec<_>>(),
-                        left = %if left.is_empty() { "-".to_string() } else { left.join(", ") },
-                        joined = ?joined,
+                        left = %list(&left),
+                        joined = %list(&joined),
                         "view change"
                     );
                 }

@@ -151,8 +151,8 @@ pub enum Action<T> {
         view: View,
         /// Members dropped, with the reason each was suspect.
         left: Vec<(NodeId, String)>,
-        /// Learners that joined.
-        joined: Vec<NodeId>,
+        /// Learners that joined, with how they proved they are current.
+        joined: Vec<(NodeId, String)>,
     },
 }
 
@@ -1290,7 +1290,7 @@ impl<T> Coordinator<T> {
         // new incarnation of a member joins in the same view change that
         // drops the old one, so a wiped replica can come back even when the
         // view is at `min_members`.
-        let joining: Vec<(NodeId, Incarnation)> = if self.round.is_none() {
+        let joining: Vec<(NodeId, Incarnation, String)> = if self.round.is_none() {
             self.nodes
                 .iter()
                 .filter_map(|(&id, n)| {
@@ -1304,7 +1304,7 @@ impl<T> Coordinator<T> {
                     if !matches!(l.catchup, CatchupState::Following | CatchupState::Idle) {
                         return None;
                     }
-                    let synced = l.synced_on.is_some() && l.synced_on == self.last_committed;
+                    let synced = l.synced_on.filter(|b| Some(*b) == self.last_committed);
                     let caught_up = l.probed.is_some_and(|(epoch, r)| {
                         epoch == self.view.epoch
                             && r.incarnation == l.incarnation
@@ -1312,7 +1312,15 @@ impl<T> Coordinator<T> {
                             && r.applied == self.committed
                             && r.digest == self.digest
                     });
-                    (synced || caught_up).then_some((id, l.incarnation))
+                    let why = match synced {
+                        Some(b) => format!("voted with the members on batch {b}"),
+                        None if caught_up => format!(
+                            "at the committed version {} with the committed digest",
+                            self.committed
+                        ),
+                        None => return None,
+                    };
+                    Some((id, l.incarnation, why))
                 })
                 .collect()
         } else {
@@ -1320,7 +1328,7 @@ impl<T> Coordinator<T> {
         };
         let replaced: BTreeSet<NodeId> = joining
             .iter()
-            .map(|(id, _)| *id)
+            .map(|(id, _, _)| *id)
             .filter(|id| self.view.member(*id).is_some())
             .collect();
         // Every replaced member goes; other drops only as far as the view
@@ -1358,7 +1366,7 @@ impl<T> Coordinator<T> {
         members.extend(
             joining
                 .iter()
-                .map(|&(id, incarnation)| Member { id, incarnation }),
+                .map(|&(id, incarnation, _)| Member { id, incarnation }),
         );
         members.sort();
         self.view = View { epoch, members };
@@ -1375,7 +1383,7 @@ impl<T> Coordinator<T> {
             }
             actions.extend(self.forget_acks_of(id));
         }
-        for &(id, _) in &joining {
+        for &(id, _, _) in &joining {
             if let Some(n) = self.nodes.get_mut(&id) {
                 n.learner = None;
                 n.suspect = None;
@@ -1390,7 +1398,7 @@ impl<T> Coordinator<T> {
                 .into_iter()
                 .map(|(_, id, reason)| (id, reason))
                 .collect(),
-            joined: joining.into_iter().map(|(id, _)| id).collect(),
+            joined: joining.into_iter().map(|(id, _, why)| (id, why)).collect(),
         });
         actions
     }

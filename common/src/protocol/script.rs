@@ -455,7 +455,7 @@ impl Runner {
                 }
                 Action::ViewChanged { view, left, joined } => {
                     let left: Vec<String> = left.iter().map(|(id, _)| id.to_string()).collect();
-                    let joined: Vec<String> = joined.iter().map(|id| id.to_string()).collect();
+                    let joined: Vec<String> = joined.iter().map(|(id, _)| id.to_string()).collect();
                     let line = format!(
                         "{} c: {view} (left [{}], joined [{}])",
                         self.t(),
