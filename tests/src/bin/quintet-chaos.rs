@@ -9,7 +9,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use quintet_tests::chaos::{Args, plan, run, seed_of};
+use quintet_tests::chaos::{Args, BackendKind, local, plan, run, seed_of};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -17,6 +17,11 @@ async fn main() -> ExitCode {
     if args.dry_run {
         let seed = seed_of(&args);
         println!("nominal schedule for seed {seed} over {:?}:", args.duration);
+        if args.backend == BackendKind::Local {
+            for k in args.nemesis.0.iter().filter(|k| !local::supports(**k)) {
+                println!("  ({k} is not available on the local backend: left out)");
+            }
+        }
         let mut at = std::time::Duration::ZERO;
         for f in plan(&args, seed) {
             at += f.gap;
