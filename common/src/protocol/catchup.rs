@@ -59,14 +59,17 @@ pub enum Next {
     Failed(String),
 }
 
+/// The snapshot copy under way.
+struct Copying {
+    offer: SnapshotOffer,
+    entries: BTreeMap<Vec<u8>, Entry>,
+    last_key: Option<Vec<u8>>,
+    checksum: Checksum,
+}
+
 enum Phase {
     Asking,
-    Snapshot {
-        offer: SnapshotOffer,
-        entries: BTreeMap<Vec<u8>, Entry>,
-        last_key: Option<Vec<u8>>,
-        checksum: Checksum,
-    },
+    Snapshot(Box<Copying>),
     Installing,
     Log,
     Over,
@@ -111,7 +114,7 @@ impl CatchUp {
     /// `snapshot` while copying entries, `log` otherwise.
     pub fn phase_name(&self) -> &'static str {
         match self.phase {
-            Phase::Snapshot { .. } | Phase::Installing => "snapshot",
+            Phase::Snapshot(_) | Phase::Installing => "snapshot",
             _ => "log",
         }
     }
@@ -145,12 +148,12 @@ impl CatchUp {
                 self.transfer = Some(offer.transfer);
                 self.progress.bytes_total = offer.bytes;
                 self.progress.keys_total = offer.keys;
-                self.phase = Phase::Snapshot {
+                self.phase = Phase::Snapshot(Box::new(Copying {
                     offer,
                     entries: BTreeMap::new(),
                     last_key: None,
                     checksum: Checksum::default(),
-                };
+                }));
                 Next::Chunk {
                     transfer: offer.transfer,
                     after: None,
@@ -161,15 +164,15 @@ impl CatchUp {
 
     /// The source's answer to [`Next::Chunk`].
     pub fn chunk(&mut self, chunk: SnapshotChunk) -> Next {
-        let Phase::Snapshot {
+        let Phase::Snapshot(copying) = &mut self.phase else {
+            return self.fail("a snapshot chunk outside a snapshot copy".into());
+        };
+        let Copying {
             offer,
             entries,
             last_key,
             checksum,
-        } = &mut self.phase
-        else {
-            return self.fail("a snapshot chunk outside a snapshot copy".into());
-        };
+        } = copying.as_mut();
         let offer = *offer;
         for (k, e) in chunk.entries {
             if last_key.as_ref().is_some_and(|last| *last >= k) {

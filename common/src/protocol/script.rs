@@ -740,10 +740,8 @@ impl Runner {
                     reply = Some((Addr::C, Msg::Probed(r.epoch, answer)));
                 }
             }
-            Msg::Peer(Message::Revoke(r)) => {
-                if n.sm.revoke(r.incarnation, self.now).is_ok() {
-                    reply = Some((Addr::C, Msg::Revoked(r.epoch)));
-                }
+            Msg::Peer(Message::Revoke(r)) if n.sm.revoke(r.incarnation, self.now).is_ok() => {
+                reply = Some((Addr::C, Msg::Revoked(r.epoch)));
             }
             Msg::RenewReply(reply, t0) => {
                 let was = n.sm.is_member();
@@ -771,8 +769,8 @@ impl Runner {
                             .store
                             .entries_after(req.after.as_deref(), req.max_bytes as usize);
                         let chunk = SnapshotChunk { entries, last };
-                        if last {
-                            n.transfers.get_mut(&req.transfer).map(|t| t.0 = None);
+                        if last && let Some(t) = n.transfers.get_mut(&req.transfer) {
+                            t.0 = None;
                         }
                         Ok(chunk)
                     }
