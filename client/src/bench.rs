@@ -567,6 +567,7 @@ mod tests {
             min_participants: 3,
             members: Vec::new(),
             learners: Vec::new(),
+            replicas: Vec::new(),
         }
     }
 

@@ -93,6 +93,7 @@ impl ClientError {
                 Error::Internal(_) => "internal",
                 Error::NotMember(_) => "not_member",
                 Error::LeaseExpired(_) => "lease_expired",
+                Error::NotLeader { .. } => "not_leader",
             },
             ClientError::Unreachable { .. } => "unreachable",
             ClientError::Refused { .. } => "refused",

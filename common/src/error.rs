@@ -45,6 +45,15 @@ pub enum Error {
     /// paused), so it refuses linearizable reads. Retry at another replica.
     #[error("lease expired: {0}")]
     LeaseExpired(String),
+    /// This coordinator replica is not the leader; ask `leader` (its
+    /// address, empty while no leader is known). Nothing was done.
+    #[error("not the leader: {detail}")]
+    NotLeader {
+        /// The leader's address, if known.
+        leader: String,
+        /// What this replica knows.
+        detail: String,
+    },
 }
 
 impl Error {
@@ -67,6 +76,7 @@ impl Error {
             Error::Internal(_) => "internal error",
             Error::NotMember(_) => "not a member",
             Error::LeaseExpired(_) => "lease expired",
+            Error::NotLeader { .. } => "not the leader",
         }
     }
 

@@ -1,5 +1,6 @@
-//! TCP plumbing shared by every process: framing, the serve loop and
-//! reconnecting client links.
+//! TCP plumbing shared by every process: framing, the serve loop,
+//! reconnecting client links, and a set of links to a replicated service
+//! that follows its leader ([`LeaderLinks`]).
 //!
 //! Frames are length-delimited bincode, capped at [`MAX_FRAME`]: a huge length
 //! prefix, a truncated frame or garbage bytes fail decoding, which ends that
@@ -377,6 +378,85 @@ where
 impl<Req, Resp> Debug for Link<Req, Resp> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Link").field("addr", &self.addr).finish()
+    }
+}
+
+/// Links to every replica of a replicated service (the coordinator), used
+/// as one: a call goes to the replica last known to lead, and moves on when
+/// that one refuses the connection (the call surely was not sent) or
+/// answers [`Error::NotLeader`](crate::Error::NotLeader) (it did nothing),
+/// to the leader it names or else the next replica. Each replica is tried
+/// at most twice per call; a call that may have reached a replica is never
+/// repeated.
+pub struct LeaderLinks<Req, Resp> {
+    links: Vec<Link<Req, Resp>>,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+impl<Req, Resp> LeaderLinks<Req, Resp>
+where
+    Req: Serialize + RequestName + Send + Sync + 'static,
+    Resp: DeserializeOwned + Send + 'static,
+{
+    /// Links to these addresses; the first is tried first.
+    pub fn new(addrs: &[String], connect_timeout: Duration) -> Self {
+        LeaderLinks {
+            links: addrs
+                .iter()
+                .map(|a| Link::new(a.trim(), connect_timeout))
+                .collect(),
+            current: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// The addresses, in the order given.
+    pub fn addrs(&self) -> Vec<&str> {
+        self.links.iter().map(|l| l.addr()).collect()
+    }
+
+    /// The address currently believed to lead.
+    pub fn current_addr(&self) -> &str {
+        let i = self.current.load(Ordering::Acquire) % self.links.len().max(1);
+        self.links.get(i).map_or("", |l| l.addr())
+    }
+
+    /// Runs `call` against the leader; see the type's docs.
+    pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<Result<T, crate::Error>, LinkError>
+    where
+        F: FnMut(Channel<Req, Resp>) -> Fut,
+        Fut: Future<Output = Result<Result<T, crate::Error>, RpcError>>,
+    {
+        let n = self.links.len();
+        let mut last = None;
+        for _ in 0..(2 * n).max(1) {
+            let i = self.current.load(Ordering::Acquire) % n.max(1);
+            let Some(link) = self.links.get(i) else {
+                break;
+            };
+            let next = |hint: &str| {
+                self.links
+                    .iter()
+                    .position(|l| !hint.is_empty() && l.addr() == hint)
+                    .unwrap_or((i + 1) % n)
+            };
+            match link.call(&mut call).await {
+                Ok(Err(crate::Error::NotLeader { leader, detail })) => {
+                    self.current.store(next(&leader), Ordering::Release);
+                    last = Some(Ok(Err(crate::Error::NotLeader { leader, detail })));
+                }
+                Err(e) if e.surely_not_sent() => {
+                    self.current.store(next(""), Ordering::Release);
+                    last = Some(Err(e));
+                }
+                other => return other,
+            }
+        }
+        last.unwrap_or_else(|| {
+            Err(LinkError::Connect {
+                addr: String::new(),
+                source: io::Error::new(io::ErrorKind::NotFound, "no coordinator address given"),
+            })
+        })
     }
 }
 

@@ -6,6 +6,7 @@
 //!   revocation) and what a catching-up participant calls on its source;
 //! - [`Coord`]: what participants call on the coordinator (register, submit,
 //!   resolve, lease renewal);
+//! - [`CoordPeer`]: what coordinator replicas call on each other (Raft);
 //! - [`Admin`]: health, answered by every server.
 //!
 //! A participant serves `Admin`, `Kv` and `Peer` on its one `--listen` port;
@@ -84,6 +85,13 @@ pub trait Coord {
     async fn renew(req: RenewRequest) -> Result<RenewReply, Error>;
     /// The coordinator's state.
     async fn status() -> Result<CoordinatorStatus, Error>;
+}
+
+/// Raft between coordinator replicas.
+#[tarpc::service]
+pub trait CoordPeer {
+    /// Raft messages from replica `from` (protobuf-encoded).
+    async fn raft(from: u64, msgs: Vec<Vec<u8>>) -> Result<(), Error>;
 }
 
 /// Served by every quintet server.
@@ -539,6 +547,25 @@ pub struct CoordinatorStatus {
     pub members: Vec<MemberStatus>,
     /// The learners it knows of.
     pub learners: Vec<LearnerStatus>,
+    /// Every coordinator replica, as the leader sees it.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// A coordinator replica, as the leader sees it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct ReplicaStatus {
+    /// Its id (position in `--coordinators`).
+    pub id: u32,
+    /// Its address.
+    pub address: String,
+    /// Whether the leader heard from it within the last election timeout.
+    pub reachable: bool,
+    /// `leader` or `follower`.
+    pub role: String,
+    /// The leader's Raft term.
+    pub term: u64,
+    /// Highest log index known applied there (for a follower: replicated).
+    pub applied: u64,
 }
 
 /// Answer to a health probe.
@@ -583,6 +610,8 @@ pub enum CoordinatorRequest {
     Admin(AdminRequest),
     /// Participant calls.
     Coord(CoordRequest),
+    /// Raft from other coordinator replicas.
+    Raft(CoordPeerRequest),
 }
 
 /// Everything the coordinator's port answers.
@@ -592,6 +621,8 @@ pub enum CoordinatorResponse {
     Admin(AdminResponse),
     /// Coordinator answers.
     Coord(CoordResponse),
+    /// Raft answers.
+    Raft(CoordPeerResponse),
 }
 
 /// The envelope a role-agnostic health probe sends; encodes like variant 0
@@ -620,7 +651,7 @@ macro_rules! request_name {
 }
 request_name! {
     ParticipantRequest { Admin, Kv, Peer }
-    CoordinatorRequest { Admin, Coord }
+    CoordinatorRequest { Admin, Coord, Raft }
     AdminOnlyRequest { Admin }
 }
 
@@ -669,6 +700,10 @@ pub type PeerConn =
 /// Client of the coordinator's service.
 pub type CoordConn =
     CoordClient<Lane<CoordinatorRequest, CoordinatorResponse, CoordRequest, CoordResponse>>;
+/// Client of another coordinator replica's Raft service.
+pub type CoordPeerConn = CoordPeerClient<
+    Lane<CoordinatorRequest, CoordinatorResponse, CoordPeerRequest, CoordPeerResponse>,
+>;
 /// Client of the admin service on any server.
 pub type AdminConn =
     AdminClient<Lane<AdminOnlyRequest, AdminOnlyResponse, AdminRequest, AdminResponse>>;
@@ -704,6 +739,18 @@ pub fn coord_conn(channel: CoordinatorChannel) -> CoordConn {
         wrap: CoordinatorRequest::Coord,
         unwrap: |r| match r {
             CoordinatorResponse::Coord(r) => Some(r),
+            _ => None,
+        },
+    })
+}
+
+/// The Raft service of a coordinator channel.
+pub fn coord_peer_conn(channel: CoordinatorChannel) -> CoordPeerConn {
+    CoordPeerClient::from(Lane {
+        channel,
+        wrap: CoordinatorRequest::Raft,
+        unwrap: |r| match r {
+            CoordinatorResponse::Raft(r) => Some(r),
             _ => None,
         },
     })
@@ -754,16 +801,18 @@ impl<A: Admin, K: Kv, P: Peer> Serve for ParticipantServe<A, K, P> {
     }
 }
 
-/// Serves the coordinator's two services on one port.
+/// Serves the coordinator's three services on one port.
 #[derive(Clone)]
-pub struct CoordinatorServe<A, C> {
+pub struct CoordinatorServe<A, C, R> {
     /// Health.
     pub admin: ServeAdmin<A>,
     /// Participant calls.
     pub coord: ServeCoord<C>,
+    /// Raft from other replicas.
+    pub raft: ServeCoordPeer<R>,
 }
 
-impl<A: Admin, C: Coord> Serve for CoordinatorServe<A, C> {
+impl<A: Admin, C: Coord, R: CoordPeer> Serve for CoordinatorServe<A, C, R> {
     type Req = CoordinatorRequest;
     type Resp = CoordinatorResponse;
 
@@ -783,6 +832,9 @@ impl<A: Admin, C: Coord> Serve for CoordinatorServe<A, C> {
                 .serve(ctx, r)
                 .await
                 .map(CoordinatorResponse::Coord),
+            CoordinatorRequest::Raft(r) => {
+                self.raft.serve(ctx, r).await.map(CoordinatorResponse::Raft)
+            }
         }
     }
 }

@@ -12,9 +12,19 @@ use quintet_common::types::MAX_PARTICIPANTS;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "quintet-coordinator", version)]
 pub struct Config {
-    /// Address to serve participants on.
+    /// Address to serve participants (and the other coordinator replicas) on.
     #[arg(long, env = "QUINTET_LISTEN", default_value = "127.0.0.1:7700")]
     pub listen: String,
+
+    /// This replica's id: its position (from 1) in --coordinators.
+    #[arg(long, env = "QUINTET_COORDINATOR_ID", default_value_t = 1)]
+    pub id: u32,
+
+    /// Every coordinator replica's address, comma-separated, in id order:
+    /// 1, 3 or 5 of them replicate the decision log with Raft, on the same
+    /// port as --listen [default: this replica alone, at --listen].
+    #[arg(long, env = "QUINTET_COORDINATORS", value_delimiter = ',')]
+    pub coordinators: Vec<String>,
 
     /// Participant addresses, comma-separated; their order gives the ids 1..=N.
     #[arg(
@@ -69,6 +79,18 @@ pub struct Config {
 }
 
 impl Config {
+    /// The replicas' addresses after defaults.
+    pub fn replicas(&self) -> Vec<String> {
+        if self.coordinators.is_empty() {
+            vec![self.listen.clone()]
+        } else {
+            self.coordinators
+                .iter()
+                .map(|a| a.trim().to_string())
+                .collect()
+        }
+    }
+
     /// `--min-participants` after its default.
     pub fn min_members(&self) -> usize {
         self.min_participants
@@ -84,6 +106,23 @@ impl Config {
         }
         if let Some(empty) = self.participants.iter().position(|p| p.trim().is_empty()) {
             anyhow::bail!("--participants entry {} is empty", empty + 1);
+        }
+        let r = self.replicas();
+        if r.is_empty() || r.len() > 7 {
+            anyhow::bail!(
+                "--coordinators lists {} addresses; give 1 to 7 (3 or 5 to survive the loss of one or two)",
+                r.len()
+            );
+        }
+        if let Some(empty) = r.iter().position(|a| a.is_empty()) {
+            anyhow::bail!("--coordinators entry {} is empty", empty + 1);
+        }
+        if self.id == 0 || self.id as usize > r.len() {
+            anyhow::bail!(
+                "--id {} is out of range: --coordinators lists {} replicas, numbered from 1",
+                self.id,
+                r.len()
+            );
         }
         if self.max_batch_ops == 0 {
             anyhow::bail!("--max-batch-ops must be at least 1");

@@ -3,6 +3,7 @@
 
 mod config;
 mod driver;
+mod replica;
 mod server;
 mod service;
 

@@ -1,17 +1,16 @@
-//! Start-up and shutdown of the coordinator: identity, log replay, a new
-//! durable view (epoch), then serving until told to stop.
+//! Start-up and shutdown of a coordinator replica: identity, the Raft log
+//! replayed from the WAL, then serving (as leader or follower) until told
+//! to stop.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use quintet_common::clock;
 use quintet_common::identity::{self, Identity};
 use quintet_common::net::{self, Link};
-use quintet_common::protocol::coordinator::{self, BatchLimits, Coordinator, Record, Recovered};
-use quintet_common::rpc::{Admin, Coord, CoordinatorServe};
+use quintet_common::protocol::coordinator::{self, BatchLimits};
+use quintet_common::rpc::{Admin, Coord, CoordPeer, CoordinatorServe};
 use quintet_common::storage::{wal::Wal, writer::LogWriter};
 use quintet_common::types::{ClusterId, NodeId};
 use tokio::sync::mpsc;
@@ -19,27 +18,37 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::driver::{Driver, Event, Settings};
+use crate::replica::node::{Replica, Timing};
+use crate::replica::store::{RaftRecord, RaftStore};
 use crate::service::Handler;
+
+/// Raft ticks without a leader before an election (500 ms at 50 ms a tick,
+/// randomized up to twice that).
+const ELECTION_TICKS: usize = 10;
 
 /// Runs the coordinator until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     config.validate()?;
     let dir = config.data_dir.clone();
-    let (wal, payloads) = Wal::open(&dir, 1 << 20)?;
+    let replicas = config.replicas();
+    let (wal, payloads) = Wal::open(&dir, net::MAX_FRAME)?;
     let mut records = Vec::with_capacity(payloads.len());
     for (i, p) in payloads.iter().enumerate() {
-        let r: Record = bincode::deserialize(p).map_err(|e| {
+        let r: RaftRecord = bincode::deserialize(p).map_err(|e| {
             anyhow::anyhow!(
-                "decision log record {i} in {} cannot be decoded ({e}); the data dir is damaged",
+                "decision log record {i} in {} cannot be decoded ({e}); the data dir is damaged, or was written by a quintet from before replication: start from an empty data dir",
                 dir.display()
             )
         })?;
         records.push(r);
     }
-    let cluster = match identity::load(&dir)? {
+    // A lone coordinator keeps its cluster id in IDENTITY; replicas keep it
+    // in the replicated log (IDENTITY then says cluster 0).
+    let lone = replicas.len() == 1;
+    let identity_cluster = match identity::load(&dir)? {
         Some(Identity {
-            cluster, node: 0, ..
-        }) => cluster,
+            node: 0, cluster, ..
+        }) => (cluster.0 != 0).then_some(cluster),
         Some(other) => anyhow::bail!(
             "data dir {} belongs to participant {}, not to a coordinator; pass another --data-dir",
             dir.display(),
@@ -50,7 +59,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             dir.display()
         ),
         None => {
-            let cluster = ClusterId(rand::random::<u64>() | 1);
+            let cluster = if lone {
+                ClusterId(rand::random::<u64>() | 1)
+            } else {
+                ClusterId(0)
+            };
             identity::store(
                 &dir,
                 Identity {
@@ -59,14 +72,36 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     incarnation: 0,
                 },
             )?;
-            info!(%cluster, "created a new cluster");
-            cluster
+            (cluster.0 != 0).then_some(cluster)
         }
     };
-    let recovered = Recovered::replay(records);
+    let voters: Vec<u64> = (1..=replicas.len() as u64).collect();
+    let store = RaftStore::replay(voters.clone(), records).map_err(|e| {
+        anyhow::anyhow!(
+            "the decision log in {} is inconsistent: {e}; the data dir is damaged",
+            dir.display()
+        )
+    })?;
+    let timing = Timing {
+        election_ticks: ELECTION_TICKS,
+        heartbeat_ticks: 1,
+    };
+    let replica =
+        Replica::new(config.id as u64, &voters, store, timing).map_err(anyhow::Error::msg)?;
+    let tick_every = (config.heartbeat / 2).max(Duration::from_millis(10));
+    // A new leader cannot know when its predecessor last granted a lease;
+    // that one grants only while Raft still counts it leader (check_quorum
+    // makes it step down within two election timeouts of losing its
+    // quorum), so the newcomer waits that long before dropping anyone, on
+    // top of D'.
+    let takeover_wait = if lone {
+        Duration::ZERO
+    } else {
+        tick_every * (2 * ELECTION_TICKS as u32)
+    };
     let ids: Vec<NodeId> = (1..=config.participants.len() as NodeId).collect();
-    let cfg = coordinator::Config {
-        cluster,
+    let sm_config = coordinator::Config {
+        cluster: ClusterId(0),
         participants: ids.clone(),
         limits: BatchLimits {
             max_ops: config.max_batch_ops,
@@ -77,10 +112,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         min_members: config.min_members(),
         queue_timeout: config.prepare_timeout * 4,
         resend_every: Duration::from_secs(1),
+        takeover_wait,
     };
-    let (sm, actions) = Coordinator::start(cfg, recovered.clone(), clock::now());
-    let epoch = sm.epoch();
-    let view = sm.view().clone();
     let peers: BTreeMap<NodeId, Arc<_>> = ids
         .iter()
         .zip(&config.participants)
@@ -94,41 +127,41 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let listener = net::bind(&config.listen).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     let settings = Settings {
+        id: config.id,
+        replicas: replicas.clone(),
         peers,
+        config: sm_config,
+        identity_cluster,
         prepare_timeout: config.prepare_timeout,
-        tick_every: (config.heartbeat / 2).max(Duration::from_millis(10)),
+        tick_every,
         dir: dir.clone(),
         compact_bytes: config.compact_mib.max(1) << 20,
     };
-    let mut driver = Driver::new(sm, LogWriter::spawn(wal), tx.clone(), settings);
-    driver.start(actions).await;
     info!(
-        %cluster,
-        epoch,
-        members = ?view.ids().collect::<Vec<_>>(),
-        min_participants = config.min_members(),
-        committed = recovered.committed,
-        unacked = recovered.unacked.len(),
+        id = config.id,
+        replicas = ?replicas,
+        applied = replica.applied(),
+        committed = replica.state().committed,
         listen = %config.listen,
-        "coordinator ready"
+        min_participants = config.min_members(),
+        "coordinator replica starting"
     );
+    let driver = Driver::new(replica, LogWriter::spawn(wal), tx.clone(), settings);
     let driver_task = tokio::spawn(driver.run(rx));
-    let ready = Arc::new(AtomicBool::new(true));
     let handler = Handler {
         events: tx.clone(),
-        cluster,
+        id: config.id,
         addresses: Arc::new(config.participants.clone()),
-        ready: ready.clone(),
     };
     net::serve(listener, shutdown, move |transport| {
         let service = CoordinatorServe {
             admin: <Handler as Admin>::serve(handler.clone()),
             coord: <Handler as Coord>::serve(handler.clone()),
+            raft: <Handler as CoordPeer>::serve(handler.clone()),
         };
         quintet_common::execute!(transport, service)
     })
     .await;
-    ready.store(false, Ordering::Release);
     let _ = tx.send(Event::Stop);
     let _ = driver_task.await;
     Ok(())

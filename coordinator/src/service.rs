@@ -1,17 +1,21 @@
-//! The tarpc services the coordinator serves: `Admin` and `Coord`. Each call
-//! becomes an [`Event`] for the driver loop; a dropped handler (deadline or
-//! client cancel) leaves the write queued and decided as usual, which is why
-//! a client that times out must treat the outcome as unknown.
+//! The tarpc services a coordinator replica serves: `Admin`, `Coord` for
+//! participants and `CoordPeer` (Raft) for the other replicas. Each call
+//! becomes an [`Event`] for the driver loop. On a replica that does not
+//! lead, participant calls are answered `not the leader` with the leader's
+//! address, and callers move on. A dropped handler (deadline or client
+//! cancel) leaves a write queued and decided as usual, which is why a
+//! client that times out must treat the outcome as unknown; so must one
+//! whose coordinator lost its leadership while the write waited.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
+use protobuf::Message as _;
 use quintet_common::error::Error;
 use quintet_common::rpc::{
-    Admin, Coord, CoordinatorStatus, Decision, Health, RegisterReply, RegisterRequest, RenewReply,
-    RenewRequest, ResolveRequest,
+    Admin, Coord, CoordPeer, CoordinatorStatus, Decision, Health, RegisterReply, RegisterRequest,
+    RenewReply, RenewRequest, ResolveRequest,
 };
-use quintet_common::types::{ClusterId, NodeId, Op, OpResult};
+use quintet_common::types::{Op, OpResult};
 use tarpc::context::Context;
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
@@ -23,12 +27,10 @@ use crate::driver::Event;
 pub struct Handler {
     /// The driver's inbox.
     pub events: mpsc::UnboundedSender<Event>,
-    /// This cluster.
-    pub cluster: ClusterId,
+    /// This replica's id.
+    pub id: u32,
     /// Participant addresses as configured (id i at index i-1).
     pub addresses: Arc<Vec<String>>,
-    /// False once stopping.
-    pub ready: Arc<AtomicBool>,
 }
 
 fn stopped() -> Error {
@@ -41,31 +43,19 @@ impl Handler {
         self.events.send(make(tx)).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())
     }
-
-    fn check_cluster(&self, cluster: ClusterId, from: NodeId) -> Result<(), Error> {
-        if cluster != self.cluster {
-            return Err(Error::ClusterMismatch(format!(
-                "participant {from} belongs to cluster {cluster}, this coordinator runs cluster {}",
-                self.cluster
-            )));
-        }
-        Ok(())
-    }
 }
 
 impl Admin for Handler {
     async fn health(self, _: Context) -> Result<Health, Error> {
-        let ready = self.ready.load(Ordering::Acquire);
-        Ok(Health {
-            role: "coordinator".into(),
-            id: 0,
-            ready,
-            detail: if ready {
-                String::new()
-            } else {
-                "stopping".into()
-            },
-        })
+        match self.ask(Event::Health).await {
+            Ok(h) => Ok(h),
+            Err(_) => Ok(Health {
+                role: "coordinator".into(),
+                id: self.id,
+                ready: false,
+                detail: "stopping".into(),
+            }),
+        }
     }
 }
 
@@ -78,9 +68,6 @@ impl Coord for Handler {
                 req.id
             )));
         }
-        if let Some(c) = req.cluster {
-            self.check_cluster(c, req.id)?;
-        }
         // Catch-up sources are given out by the address a participant
         // advertises, else by the one this coordinator reaches it on.
         let advertise = if req.advertise.is_empty() {
@@ -91,6 +78,14 @@ impl Coord for Handler {
         let status = self
             .ask(|tx| Event::Register(req.id, advertise.clone(), tx))
             .await??;
+        if let Some(c) = req.cluster
+            && c != status.cluster
+        {
+            return Err(Error::ClusterMismatch(format!(
+                "participant {} belongs to cluster {c}, this coordinator runs cluster {}",
+                req.id, status.cluster
+            )));
+        }
         info!(
             node = req.id,
             incarnation = %format!("{:016x}", req.incarnation),
@@ -99,7 +94,7 @@ impl Coord for Handler {
             "participant registered"
         );
         Ok(RegisterReply {
-            cluster: self.cluster,
+            cluster: status.cluster,
             epoch: status.epoch,
             committed: status.committed,
         })
@@ -119,16 +114,45 @@ impl Coord for Handler {
         self.events
             .send(Event::Submit(op, tx))
             .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        rx.await.map_err(|_| {
+            Error::OutcomeUnknown(
+                "the coordinator lost its leadership (or stopped) while the write waited; it may or may not be applied: read the key to find out".into(),
+            )
+        })?
     }
 
     async fn resolve(self, _: Context, req: ResolveRequest) -> Result<Decision, Error> {
-        self.check_cluster(req.cluster, req.from)?;
+        let status = self.ask(Event::Status).await??;
+        if req.cluster != status.cluster {
+            return Err(Error::ClusterMismatch(format!(
+                "participant {} belongs to cluster {}, this coordinator runs cluster {}",
+                req.from, req.cluster, status.cluster
+            )));
+        }
         self.ask(|tx| Event::Resolve(req.batch, req.first_version, tx))
             .await?
     }
 
     async fn status(self, _: Context) -> Result<CoordinatorStatus, Error> {
-        self.ask(Event::Status).await
+        self.ask(Event::Status).await?
+    }
+}
+
+impl CoordPeer for Handler {
+    async fn raft(self, _: Context, from: u64, msgs: Vec<Vec<u8>>) -> Result<(), Error> {
+        let mut decoded = Vec::with_capacity(msgs.len());
+        for m in &msgs {
+            match raft::eraftpb::Message::parse_from_bytes(m) {
+                Ok(m) => decoded.push(m),
+                Err(e) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "a Raft message from coordinator {from} cannot be decoded: {e}"
+                    )));
+                }
+            }
+        }
+        self.events
+            .send(Event::Raft(decoded))
+            .map_err(|_| stopped())
     }
 }

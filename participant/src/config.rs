@@ -20,9 +20,15 @@ pub struct Config {
     #[arg(long, env = "QUINTET_LISTEN")]
     pub listen: Option<String>,
 
-    /// The coordinator's address.
-    #[arg(long, env = "QUINTET_COORDINATOR", default_value = "127.0.0.1:7700")]
-    pub coordinator: String,
+    /// The coordinator's address, or every coordinator replica's,
+    /// comma-separated (requests go to whichever leads).
+    #[arg(
+        long,
+        env = "QUINTET_COORDINATOR",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7700"
+    )]
+    pub coordinator: Vec<String>,
 
     /// The address other participants reach this one on to catch up from it
     /// [default: --listen, unless it listens on all interfaces; then the

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use quintet_common::clock;
 use quintet_common::error::Error;
-use quintet_common::net::{Link, context_with_timeout};
+use quintet_common::net::{LeaderLinks, context_with_timeout};
 use quintet_common::protocol::participant::{Participant, Read, Record, Step};
 use quintet_common::rpc::{
     CatchupState, CatchupStatus, CoordinatorRequest, CoordinatorResponse, Decision, GetReply,
@@ -38,8 +38,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::catchup::{CatchupTask, Transfers};
 
-/// Link to the coordinator.
-pub type CoordinatorLink = Link<CoordinatorRequest, CoordinatorResponse>;
+/// Links to the coordinator replicas; calls go to the leader.
+pub type CoordinatorLink = LeaderLinks<CoordinatorRequest, CoordinatorResponse>;
 
 pub(crate) struct Inner {
     pub(crate) sm: Participant,
@@ -248,7 +248,10 @@ impl Node {
         let ctx = context_with_timeout(timeout);
         let answer = self
             .coordinator
-            .call(|ch| async move { coord_conn(ch).submit(ctx, op).await })
+            .call(|ch| {
+                let op = op.clone();
+                async move { coord_conn(ch).submit(ctx, op).await }
+            })
             .await;
         match answer {
             Ok(Ok(result)) => Ok(WriteReply { result }),
@@ -407,23 +410,36 @@ impl Node {
         let mut warned = false;
         loop {
             let ctx = context_with_timeout(Duration::from_secs(5));
-            let r = req.clone();
             match self
                 .coordinator
-                .call(|ch| async move { coord_conn(ch).register(ctx, r).await })
+                .call(|ch| {
+                    let r = req.clone();
+                    async move { coord_conn(ch).register(ctx, r).await }
+                })
                 .await
             {
                 Ok(Ok(reply)) => {
                     self.lock().sm.registered(reply.cluster, reply.committed);
                     return Ok(reply);
                 }
+                // No leader yet (an election, or a coordinator that is still
+                // applying its log): wait like for an unreachable one.
+                Ok(Err(e @ Error::NotLeader { .. })) if Instant::now() >= deadline => {
+                    anyhow::bail!(
+                        "no coordinator at {} leads after {patience:?}: {e}; check that a majority of the coordinators are up",
+                        self.coordinator.addrs().join(",")
+                    )
+                }
+                Ok(Err(Error::NotLeader { .. })) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
                 Ok(Err(e)) => anyhow::bail!(
                     "the coordinator at {} refused this replica: {e}",
-                    self.coordinator.addr()
+                    self.coordinator.current_addr()
                 ),
                 Err(e) if Instant::now() >= deadline => anyhow::bail!(
-                    "cannot reach the coordinator at {} after {patience:?}: {e}; start it first or check --coordinator",
-                    self.coordinator.addr()
+                    "cannot reach a coordinator at {} after {patience:?}: {e}; start it first or check --coordinator",
+                    self.coordinator.addrs().join(",")
                 ),
                 Err(e) => {
                     if !warned {
@@ -456,7 +472,10 @@ impl Node {
             let ctx = context_with_timeout((self.heartbeat * 5).max(Duration::from_millis(500)));
             let answer = self
                 .coordinator
-                .call(|ch| async move { coord_conn(ch).renew(ctx, req).await })
+                .call(|ch| {
+                    let req = req.clone();
+                    async move { coord_conn(ch).renew(ctx, req).await }
+                })
                 .await;
             let reply = match answer {
                 Ok(Ok(reply)) => reply,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use quintet_common::identity::{self, Identity};
-use quintet_common::net::{self, Link};
+use quintet_common::net::{self, LeaderLinks};
 use quintet_common::protocol::participant::{Participant, Record, Snapshot};
 use quintet_common::rpc::{Admin, Kv, ParticipantServe, Peer};
 use quintet_common::storage::{snapshot, wal::Wal, writer::LogWriter};
@@ -103,7 +103,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         sm.registered(i.cluster, 0);
     }
     let listener = net::bind(&config.listen_addr()).await?;
-    let link = Link::new(config.coordinator.clone(), Duration::from_secs(2));
+    let link = LeaderLinks::new(&config.coordinator, Duration::from_secs(2));
     let settings = Settings {
         id: config.id,
         limits,
@@ -122,7 +122,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             "data dir {} belongs to cluster {}, but the coordinator at {} runs cluster {}; point --coordinator at the right cluster",
             dir.display(),
             i.cluster,
-            config.coordinator,
+            config.coordinator.join(","),
             reply.cluster
         ),
         Some(_) => {}

@@ -96,6 +96,9 @@ pub enum Record {
         /// Committed batches not acknowledged by everyone.
         unacked: Vec<BatchId>,
     },
+    /// The cluster's id, chosen by the first leader of a replicated
+    /// decision log (a lone coordinator keeps it in `IDENTITY`).
+    Cluster(ClusterId),
 }
 
 /// A message for one participant.
@@ -198,6 +201,10 @@ pub struct Config {
     pub queue_timeout: Duration,
     /// How often unacknowledged commits and aborts are resent.
     pub resend_every: Duration,
+    /// At start, how long past `now` a member may still have been granted a
+    /// lease by someone else: zero for a coordinator restarting alone, the
+    /// bound on a deposed leader's last grant for a new Raft leader.
+    pub takeover_wait: Duration,
 }
 
 impl Config {
@@ -212,6 +219,7 @@ impl Config {
             min_members: 3.min(n as usize),
             queue_timeout: Duration::from_secs(2),
             resend_every: Duration::from_secs(1),
+            takeover_wait: Duration::ZERO,
         }
     }
 }
@@ -250,7 +258,7 @@ impl<T> Round<T> {
 }
 
 /// What the log says after replay.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recovered {
     /// The newest view.
     pub view: View,
@@ -262,6 +270,8 @@ pub struct Recovered {
     pub digest: u128,
     /// Committed batches not acknowledged by everyone.
     pub unacked: BTreeSet<BatchId>,
+    /// The cluster's id, once a `Cluster` record was applied.
+    pub cluster: Option<ClusterId>,
 }
 
 impl Recovered {
@@ -269,48 +279,57 @@ impl Recovered {
     pub fn replay(records: impl IntoIterator<Item = Record>) -> Recovered {
         let mut r = Recovered::default();
         for record in records {
-            match record {
-                Record::View(v) => {
-                    if v.epoch >= r.view.epoch {
-                        r.view = v;
-                    }
-                }
-                Record::Commit {
-                    batch,
-                    last,
-                    digest,
-                    ..
-                } => {
-                    if Some(batch) > r.last_committed {
-                        r.committed = last;
-                        r.last_committed = Some(batch);
-                        r.digest = digest;
-                    }
-                    r.unacked.insert(batch);
-                }
-                Record::Acked(batch) => {
-                    r.unacked.remove(&batch);
-                }
-                Record::Checkpoint {
-                    view,
-                    committed,
-                    last_committed,
-                    digest,
-                    unacked,
-                } => {
-                    if view.epoch >= r.view.epoch {
-                        r.view = view;
-                    }
-                    if last_committed > r.last_committed {
-                        r.committed = committed;
-                        r.last_committed = last_committed;
-                        r.digest = digest;
-                    }
-                    r.unacked.extend(unacked);
-                }
-            }
+            r.apply(record);
         }
         r
+    }
+
+    /// Folds one more record in (a replicated log applies them one by one).
+    pub fn apply(&mut self, record: Record) {
+        let r = self;
+        match record {
+            Record::View(v) => {
+                if v.epoch >= r.view.epoch {
+                    r.view = v;
+                }
+            }
+            Record::Commit {
+                batch,
+                last,
+                digest,
+                ..
+            } => {
+                if Some(batch) > r.last_committed {
+                    r.committed = last;
+                    r.last_committed = Some(batch);
+                    r.digest = digest;
+                }
+                r.unacked.insert(batch);
+            }
+            Record::Acked(batch) => {
+                r.unacked.remove(&batch);
+            }
+            Record::Checkpoint {
+                view,
+                committed,
+                last_committed,
+                digest,
+                unacked,
+            } => {
+                if view.epoch >= r.view.epoch {
+                    r.view = view;
+                }
+                if last_committed > r.last_committed {
+                    r.committed = committed;
+                    r.last_committed = last_committed;
+                    r.digest = digest;
+                }
+                r.unacked.extend(unacked);
+            }
+            Record::Cluster(id) => {
+                r.cluster.get_or_insert(id);
+            }
+        }
     }
 }
 
@@ -381,8 +400,9 @@ impl<T> Coordinator<T> {
     /// Starts a new epoch after `recovered`, with the recovered members. The
     /// returned actions persist the new view (no prepare leaves before it is
     /// durable) and resend unacknowledged commits. Every member is assumed
-    /// to hold a lease granted just now by the previous incarnation, so none
-    /// is dropped for `D'`.
+    /// to hold a lease granted just now by the previous incarnation (or as
+    /// late as `takeover_wait` from now by a deposed leader), so none is
+    /// dropped before that plus `D'`.
     pub fn start(cfg: Config, recovered: Recovered, now: Time) -> (Self, Vec<Action<T>>) {
         let view = View {
             epoch: recovered.view.epoch + 1,
@@ -395,7 +415,7 @@ impl<T> Coordinator<T> {
             .collect();
         for m in &view.members {
             let n = nodes.entry(m.id).or_default();
-            n.last_grant = Some(now);
+            n.last_grant = Some(now.plus(cfg.takeover_wait));
             n.last_renew = Some(now);
         }
         let members: BTreeSet<NodeId> = view.ids().collect();
@@ -1160,6 +1180,7 @@ impl<T> Coordinator<T> {
                     })
                 })
                 .collect(),
+            replicas: Vec::new(),
         }
     }
 
