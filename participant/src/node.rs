@@ -38,6 +38,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::catchup::{CatchupTask, Transfers};
 
+/// Pause between attempts to forward a write while no coordinator leads.
+const WRITE_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 /// Links to the coordinator replicas; calls go to the leader.
 pub type CoordinatorLink = LeaderLinks<CoordinatorRequest, CoordinatorResponse>;
 
@@ -245,25 +248,38 @@ impl Node {
     /// Forwards a write to the coordinator; `timeout` bounds the wait.
     pub async fn write(&self, op: Op, timeout: Duration) -> Result<WriteReply, Error> {
         op.validate(&self.limits)?;
-        let ctx = context_with_timeout(timeout);
-        let answer = self
-            .coordinator
-            .call(|ch| {
-                let op = op.clone();
-                async move { coord_conn(ch).submit(ctx, op).await }
-            })
-            .await;
-        match answer {
-            Ok(Ok(result)) => Ok(WriteReply { result }),
-            Ok(Err(e)) => Err(e),
-            Err(e) if e.surely_not_sent() => Err(Error::Unavailable(format!(
-                "replica {} cannot reach the coordinator ({e}); nothing was applied, retry later",
-                self.id
-            ))),
-            Err(e) => Err(Error::OutcomeUnknown(format!(
-                "replica {} lost the answer from the coordinator ({e}); the write may or may not be applied: read the key to find out",
-                self.id
-            ))),
+        // While the coordinator replicas answer but none leads (an
+        // election), the write surely went nowhere: keep trying until the
+        // deadline, so a failover shows as latency rather than an error.
+        // With no replica reachable at all, fail at once.
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ctx = context_with_timeout(left);
+            let answer = self
+                .coordinator
+                .call(|ch| {
+                    let op = op.clone();
+                    async move { coord_conn(ch).submit(ctx, op).await }
+                })
+                .await;
+            let retry = matches!(&answer, Ok(Err(Error::NotLeader { .. })));
+            if retry && left > WRITE_RETRY_PAUSE * 2 {
+                tokio::time::sleep(WRITE_RETRY_PAUSE).await;
+                continue;
+            }
+            return match answer {
+                Ok(Ok(result)) => Ok(WriteReply { result }),
+                Ok(Err(e)) => Err(e),
+                Err(e) if e.surely_not_sent() => Err(Error::Unavailable(format!(
+                    "replica {} cannot reach the coordinator ({e}); nothing was applied, retry later",
+                    self.id
+                ))),
+                Err(e) => Err(Error::OutcomeUnknown(format!(
+                    "replica {} lost the answer from the coordinator ({e}); the write may or may not be applied: read the key to find out",
+                    self.id
+                ))),
+            };
         }
     }
 
