@@ -446,7 +446,10 @@ where
                 }
                 Err(e) if e.surely_not_sent() => {
                     self.current.store(next(""), Ordering::Release);
-                    last = Some(Err(e));
+                    // A replica that answered says more than one that is down.
+                    if !matches!(last, Some(Ok(Err(crate::Error::NotLeader { .. })))) {
+                        last = Some(Err(e));
+                    }
                 }
                 other => return other,
             }

@@ -270,6 +270,10 @@ impl Node {
             }
             return match answer {
                 Ok(Ok(result)) => Ok(WriteReply { result }),
+                Ok(Err(Error::NotLeader { detail, .. })) => Err(Error::Unavailable(format!(
+                    "replica {} found no coordinator leader in time ({detail}): an election is under way, or fewer than a majority of the coordinator replicas are up; nothing was applied",
+                    self.id
+                ))),
                 Ok(Err(e)) => Err(e),
                 Err(e) if e.surely_not_sent() => Err(Error::Unavailable(format!(
                     "replica {} cannot reach the coordinator ({e}); nothing was applied, retry later",
