@@ -23,8 +23,8 @@ use crate::client::health;
 /// One process of the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Node {
-    /// The coordinator.
-    Coordinator,
+    /// Coordinator replica `id` (1-based; 1 is the only one by default).
+    Coordinator(u32),
     /// Participant `id` (1-based).
     Participant(u32),
 }
@@ -32,7 +32,8 @@ pub enum Node {
 impl std::fmt::Display for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Node::Coordinator => write!(f, "coordinator"),
+            Node::Coordinator(1) => write!(f, "coordinator"),
+            Node::Coordinator(id) => write!(f, "coordinator-{id}"),
             Node::Participant(id) => write!(f, "participant-{id}"),
         }
     }
@@ -43,10 +44,13 @@ impl std::fmt::Display for Node {
 pub struct LocalOptions {
     /// Data and log directory; `None` makes a temp dir removed on drop.
     pub dir: Option<PathBuf>,
-    /// Coordinator port; participant i gets base + i. `None` finds free ports.
+    /// Coordinator port; participant i gets base + i, coordinator replica
+    /// i > 1 gets base + 10 (i - 1). `None` finds free ports.
     pub base_port: Option<u16>,
     /// Number of participants (1..=7).
     pub participants: u32,
+    /// Number of coordinator replicas (1, 3 or 5).
+    pub coordinators: u32,
     /// Extra arguments for the coordinator.
     pub coordinator_args: Vec<String>,
     /// Extra arguments for every participant.
@@ -59,8 +63,9 @@ pub struct LocalOptions {
     /// participant also gets `--advertise` with its own address, so
     /// catch-up between participants goes straight to them.
     pub participant_addrs_for_coordinator: Option<Vec<String>>,
-    /// The `--coordinator` address of each participant, participant 1
-    /// first; `None`: the coordinator's own address.
+    /// The `--coordinator` address list (comma-separated) of each
+    /// participant, participant 1 first; `None`: every coordinator
+    /// replica's own address.
     pub coordinator_addr_for_participants: Option<Vec<String>>,
 }
 
@@ -70,6 +75,7 @@ impl Default for LocalOptions {
             dir: None,
             base_port: None,
             participants: 5,
+            coordinators: 1,
             coordinator_args: Vec::new(),
             participant_args: Vec::new(),
             bin_dir: None,
@@ -169,11 +175,19 @@ impl LocalCluster {
         };
         fs::create_dir_all(dir.join("logs"))
             .with_context(|| format!("cannot create {}", dir.join("logs").display()))?;
+        if !(1..=7).contains(&opts.coordinators) {
+            bail!(
+                "coordinators must be 1 to 7 (3 or 5 to survive losing one or two), got {}",
+                opts.coordinators
+            );
+        }
         let base_port = match opts.base_port {
             Some(p) => p,
-            None => free_base_port(opts.participants)?,
+            None => free_base_port(opts.participants.max(10 * (opts.coordinators - 1)))?,
         };
-        let mut children = vec![(Node::Coordinator, None)];
+        let mut children: Vec<(Node, Option<Child>)> = (1..=opts.coordinators)
+            .map(|i| (Node::Coordinator(i), None))
+            .collect();
         children.extend((1..=opts.participants).map(|i| (Node::Participant(i), None)));
         let mut cluster = LocalCluster {
             dir,
@@ -183,8 +197,12 @@ impl LocalCluster {
             opts,
             children,
         };
-        cluster.start_node(Node::Coordinator)?;
-        cluster.wait_ready(Node::Coordinator, timeout).await?;
+        for i in 1..=cluster.opts.coordinators {
+            cluster.start_node(Node::Coordinator(i))?;
+        }
+        for i in 1..=cluster.opts.coordinators {
+            cluster.wait_ready(Node::Coordinator(i), timeout).await?;
+        }
         for i in 1..=cluster.opts.participants {
             cluster.start_node(Node::Participant(i))?;
         }
@@ -200,7 +218,9 @@ impl LocalCluster {
     /// Address of a node.
     pub fn addr(&self, node: Node) -> String {
         match node {
-            Node::Coordinator => format!("127.0.0.1:{}", self.base_port),
+            Node::Coordinator(i) => {
+                format!("127.0.0.1:{}", self.base_port + 10 * (i as u16 - 1))
+            }
             Node::Participant(i) => format!("127.0.0.1:{}", self.base_port + i as u16),
         }
     }
@@ -212,7 +232,14 @@ impl LocalCluster {
             .collect()
     }
 
-    /// Every node, coordinator first.
+    /// Coordinator replica addresses, in id order.
+    pub fn coordinators(&self) -> Vec<String> {
+        (1..=self.opts.coordinators)
+            .map(|i| self.addr(Node::Coordinator(i)))
+            .collect()
+    }
+
+    /// Every node, coordinators first.
     pub fn nodes(&self) -> Vec<Node> {
         self.children.iter().map(|(n, _)| *n).collect()
     }
@@ -255,9 +282,13 @@ impl LocalCluster {
             .with_context(|| format!("cannot open {}", self.log_file(node).display()))?;
         let data_dir = self.data_dir(node);
         let mut cmd = match node {
-            Node::Coordinator => {
+            Node::Coordinator(i) => {
                 let mut c = Command::new(self.bin_dir.join("quintet-coordinator"));
                 c.arg("--listen").arg(self.addr(node));
+                if self.opts.coordinators > 1 {
+                    c.arg("--id").arg(i.to_string());
+                    c.arg("--coordinators").arg(self.coordinators().join(","));
+                }
                 let participants = match &self.opts.participant_addrs_for_coordinator {
                     Some(via) => via.clone(),
                     None => self.endpoints(),
@@ -275,7 +306,7 @@ impl LocalCluster {
                     .coordinator_addr_for_participants
                     .as_ref()
                     .and_then(|via| via.get(i as usize - 1).cloned())
-                    .unwrap_or_else(|| self.addr(Node::Coordinator));
+                    .unwrap_or_else(|| self.coordinators().join(","));
                 c.arg("--coordinator").arg(coordinator);
                 if self.opts.participant_addrs_for_coordinator.is_some()
                     || self.opts.coordinator_addr_for_participants.is_some()

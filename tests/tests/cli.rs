@@ -173,7 +173,7 @@ async fn one_shot_commands_print_documented_json_and_exit_codes() {
     }
 
     // Health: ready participant and coordinator exit 0.
-    for node in [Node::Coordinator, Node::Participant(3)] {
+    for node in [Node::Coordinator(1), Node::Participant(3)] {
         let h = json_cmd(&eps, &["health", "--addr", &cluster.addr(node)], b"");
         assert_eq!(code(&h), 0, "{node}: {}", stderr(&h));
         assert_eq!(json_of(&h)["ready"], true);

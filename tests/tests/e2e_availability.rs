@@ -198,7 +198,7 @@ async fn with_no_lease_anywhere_reads_fail_over_then_fail_cleanly_and_recover() 
     let cluster = start_cluster(5, &[]).await;
     let c = client(&cluster.endpoints());
     c.put(b"k", b"v").await.unwrap();
-    cluster.pause(Node::Coordinator).unwrap();
+    cluster.pause(Node::Coordinator(1)).unwrap();
     let err = wait_for("every lease to run out", CONVERGE, || async {
         match c.get(b"k", ReadLevel::Linearizable).await {
             Err(e @ ClientError::Refused { .. }) => Some(e),
@@ -214,7 +214,7 @@ async fn with_no_lease_anywhere_reads_fail_over_then_fail_cleanly_and_recover() 
     );
     let r = c.get(b"k", ReadLevel::Serializable).await.unwrap();
     assert_eq!(r.value.map(|v| v.0), Some(b"v".to_vec()));
-    cluster.resume(Node::Coordinator).unwrap();
+    cluster.resume(Node::Coordinator(1)).unwrap();
     wait_for("linearizable reads to come back", CONVERGE, || async {
         c.get(b"k", ReadLevel::Linearizable).await.ok()
     })

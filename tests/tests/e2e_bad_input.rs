@@ -328,12 +328,12 @@ async fn data_dir_of_another_cluster_or_id_is_refused_and_left_untouched() {
     for (what, args, word) in [
         (
             "A's data dir against B's coordinator",
-            common("1", b.addr(Node::Coordinator)),
+            common("1", b.addr(Node::Coordinator(1))),
             "cluster",
         ),
         (
             "participant 1's data dir started as --id 2",
-            common("2", a.addr(Node::Coordinator)),
+            common("2", a.addr(Node::Coordinator(1))),
             "participant 1",
         ),
     ] {

@@ -224,7 +224,7 @@ async fn restart_all(cluster: &mut LocalCluster) {
     for node in cluster.nodes() {
         if !cluster.is_running(node) {
             cluster.start_node(node).expect("start node");
-            if node == Node::Coordinator {
+            if node == Node::Coordinator(1) {
                 cluster.wait_ready(node, READY).await.expect("ready");
             }
         }
@@ -270,10 +270,13 @@ async fn acked_writes_survive_coordinator_kill_and_pending_batches_resolve() {
     let load = Workload::start(&cluster.endpoints(), 4, 16, 2000);
 
     load.wait_acked(40).await;
-    cluster.kill(Node::Coordinator).unwrap();
+    cluster.kill(Node::Coordinator(1)).unwrap();
     load.wait_failed(load.failed() + 20).await;
-    cluster.start_node(Node::Coordinator).unwrap();
-    cluster.wait_ready(Node::Coordinator, READY).await.unwrap();
+    cluster.start_node(Node::Coordinator(1)).unwrap();
+    cluster
+        .wait_ready(Node::Coordinator(1), READY)
+        .await
+        .unwrap();
     load.wait_acked(load.acked() + 40).await;
     let entries = load.finish().await;
 
@@ -545,11 +548,14 @@ async fn first_write_after_idle_restart_of_any_node_succeeds() {
     // link to it went stale; a fresh client's write must still succeed.
     assert!(
         cluster
-            .stop(Node::Coordinator, Duration::from_secs(10))
+            .stop(Node::Coordinator(1), Duration::from_secs(10))
             .unwrap()
     );
-    cluster.start_node(Node::Coordinator).unwrap();
-    cluster.wait_ready(Node::Coordinator, READY).await.unwrap();
+    cluster.start_node(Node::Coordinator(1)).unwrap();
+    cluster
+        .wait_ready(Node::Coordinator(1), READY)
+        .await
+        .unwrap();
     for i in 0..3 {
         let op = Op::Put {
             key: format!("after-coordinator-{i}").into_bytes(),
@@ -594,7 +600,7 @@ async fn sigterm_during_writes_exits_cleanly_and_loses_no_acked_write() {
     let client = client_for(&cluster);
     let load = Workload::start(&cluster.endpoints(), 4, 16, 2000);
 
-    for node in [Node::Coordinator, Node::Participant(2)] {
+    for node in [Node::Coordinator(1), Node::Participant(2)] {
         load.wait_acked(load.acked() + 30).await;
         let clean = cluster.stop(node, Duration::from_secs(10)).unwrap();
         assert!(clean, "{node} did not exit 0 on SIGTERM during writes");

@@ -31,6 +31,12 @@ pub struct LocalArgs {
     #[arg(long, env = "QUINTET_PARTICIPANTS", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..=7))]
     pub participants: u32,
+    /// Coordinator replicas (1, 3 or 5): with more than one, the decision
+    /// log is replicated with Raft and the cluster survives the loss of a
+    /// coordinator. Replica N > 1 listens on base + 10 (N - 1).
+    #[arg(long, env = "QUINTET_COORDINATORS_COUNT", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=7))]
+    pub coordinators: u32,
     /// Leave a child that exits down instead of starting it again after 1 s.
     #[arg(long)]
     pub no_restart: bool,
@@ -46,7 +52,8 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs `quintet local`; returns the exit code.
 pub async fn run(_ctx: &Ctx, a: LocalArgs) -> Result<i32, Failure> {
-    if u32::from(a.base_port) + a.participants > u32::from(u16::MAX) {
+    let span = a.participants.max(10 * (a.coordinators - 1));
+    if u32::from(a.base_port) + span > u32::from(u16::MAX) {
         return Err(Failure::usage(format!(
             "--base-port {} leaves no room for {} participant ports; pick a lower port",
             a.base_port, a.participants
@@ -57,13 +64,19 @@ pub async fn run(_ctx: &Ctx, a: LocalArgs) -> Result<i32, Failure> {
         dir: a.dir.clone(),
         base_port: Some(a.base_port),
         participants: a.participants,
+        coordinators: a.coordinators,
         ..LocalOptions::default()
     };
+    let coordinators = if a.coordinators == 1 {
+        "a coordinator".to_string()
+    } else {
+        format!("{} coordinator replicas", a.coordinators)
+    };
     println!(
-        "starting a coordinator and {} participants on 127.0.0.1:{}..{} ...",
+        "starting {coordinators} and {} participants on 127.0.0.1:{}..{} ...",
         a.participants,
         a.base_port,
-        u32::from(a.base_port) + a.participants
+        u32::from(a.base_port) + span
     );
     let mut cluster = LocalCluster::start(opts, START_TIMEOUT).await?;
     print_banner(&cluster, temporary);
@@ -159,7 +172,11 @@ fn stop_all(cluster: &mut LocalCluster) -> Vec<String> {
 
 fn print_banner(cluster: &LocalCluster, temporary: bool) {
     println!("quintet is running:");
-    println!("  coordinator    {}", cluster.addr(Node::Coordinator));
+    for node in cluster.nodes() {
+        if let Node::Coordinator(_) = node {
+            println!("  {:<14} {}", node.to_string(), cluster.addr(node));
+        }
+    }
     for node in cluster.nodes() {
         if let Node::Participant(i) = node {
             println!("  participant {i}  {}", cluster.addr(node));

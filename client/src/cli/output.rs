@@ -336,6 +336,32 @@ impl StatusReport {
             }
             Err(e) => format!("coordinator (via {via}): UNREACHABLE: {e}"),
         };
+        let replicas = match &c.status {
+            Ok(s) if s.replicas.len() > 1 => {
+                let rows: Vec<Vec<String>> = s
+                    .replicas
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            format!("c{}", r.id),
+                            r.address.clone(),
+                            if r.reachable { "yes" } else { "NO" }.into(),
+                            r.role.clone(),
+                            r.term.to_string(),
+                            r.applied.to_string(),
+                        ]
+                    })
+                    .collect();
+                format!(
+                    "{}\n",
+                    table(
+                        &["REPLICA", "ADDRESS", "REACHABLE", "ROLE", "TERM", "APPLIED"],
+                        &rows
+                    )
+                )
+            }
+            _ => String::new(),
+        };
         let rows: Vec<Vec<String>> = self
             .participants
             .iter()
@@ -379,7 +405,7 @@ impl StatusReport {
             ],
             &rows,
         );
-        format!("{coord}\n{t}\n{}", self.digest_line())
+        format!("{coord}\n{replicas}{t}\n{}", self.digest_line())
     }
 
     /// The JSON object.
@@ -405,6 +431,11 @@ impl StatusReport {
                     "lease_ms": m.lease_ms,
                     "suspect": m.suspect,
                 })).collect::<Vec<_>>(),
+                "leader": s.replicas.iter().find(|r| r.role == "leader").map(|r| json!({
+                    "id": r.id,
+                    "address": r.address,
+                    "term": r.term,
+                })),
                 "learners": s.learners.iter().map(|l| json!({
                     "id": l.id,
                     "incarnation": format!("{:016x}", l.incarnation),
@@ -465,8 +496,28 @@ impl StatusReport {
                 }),
             })
             .collect();
+        let coordinators: Vec<Value> = c
+            .status
+            .as_ref()
+            .map(|s| {
+                s.replicas
+                    .iter()
+                    .map(|r| {
+                        json!({
+                            "id": r.id,
+                            "address": r.address,
+                            "reachable": r.reachable,
+                            "role": r.role,
+                            "term": r.term,
+                            "applied": r.applied,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         json!({
             "coordinator": coordinator,
+            "coordinators": coordinators,
             "participants": participants,
             "digests_equal": self.digests_agree(),
         })

@@ -232,7 +232,7 @@ impl DockerBackend {
         let mut containers = BTreeMap::new();
         let mut network: Option<String> = None;
         let nodes =
-            std::iter::once(Node::Coordinator).chain((1..=PARTICIPANTS).map(Node::Participant));
+            std::iter::once(Node::Coordinator(1)).chain((1..=PARTICIPANTS).map(Node::Participant));
         for node in nodes {
             let service = node.to_string();
             let id = container_of(project, &service).await?;
@@ -341,7 +341,7 @@ impl DockerBackend {
                 "{{{{with index .NetworkSettings.Networks \"{}\"}}}}{{{{.IPAddress}}}}{{{{end}}}}",
                 self.network
             ),
-            self.id(Node::Coordinator)?,
+            self.id(Node::Coordinator(1))?,
         ])
         .await?;
         let ip = out.trim().to_string();
@@ -632,8 +632,8 @@ impl Backend for DockerBackend {
                 self.wait_ready(&[n], since).await
             }
             (FaultKind::RestartAll, _) => {
-                docker(&["start", self.id(Node::Coordinator)?]).await?;
-                let mut all = self.wait_ready(&[Node::Coordinator], since).await?;
+                docker(&["start", self.id(Node::Coordinator(1))?]).await?;
+                let mut all = self.wait_ready(&[Node::Coordinator(1)], since).await?;
                 let participants: Vec<Node> = (1..=PARTICIPANTS).map(Node::Participant).collect();
                 let ids = self.ids(participants.iter().copied())?;
                 let mut args = vec!["start"];
@@ -676,7 +676,7 @@ impl Backend for DockerBackend {
                 ));
                 docker(&["start", self.id(node)?]).await?;
             }
-            if self.no_firewall.is_none() && node != Node::Coordinator {
+            if self.no_firewall.is_none() && node != Node::Coordinator(1) {
                 match self.sweep_rules(node).await {
                     Ok(0) => {}
                     Ok(n) => warnings.push(format!(
@@ -718,7 +718,7 @@ impl Backend for DockerBackend {
 
     fn addr(&self, node: Node) -> String {
         match node {
-            Node::Coordinator => format!("{HOST}:{BASE_PORT}"),
+            Node::Coordinator(_) => format!("{HOST}:{BASE_PORT}"),
             Node::Participant(i) => format!("{HOST}:{}", BASE_PORT + i as u16),
         }
     }

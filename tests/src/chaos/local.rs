@@ -172,7 +172,7 @@ impl LocalBackend {
                 .links
                 .get(i as usize - 1)
                 .with_context(|| format!("no links for {node}")),
-            Node::Coordinator => bail!("the coordinator has no link to itself"),
+            Node::Coordinator(_) => bail!("a coordinator has no link to itself"),
         }
     }
 }
@@ -258,11 +258,11 @@ impl Backend for LocalBackend {
                 let since = Instant::now();
                 // The coordinator comes first in `nodes()`: participants
                 // register with it as they start.
-                let coordinator = self.bring_up(Node::Coordinator).await?;
+                let coordinator = self.bring_up(Node::Coordinator(1)).await?;
                 let participants: Vec<Node> = self
                     .all_nodes()
                     .into_iter()
-                    .filter(|n| *n != Node::Coordinator)
+                    .filter(|n| *n != Node::Coordinator(1))
                     .collect();
                 for &node in &participants {
                     if self.cluster.pid(node).is_none() {

@@ -312,7 +312,7 @@ impl Nemesis {
             }
         } else if kind.has_target() {
             targets.push(match self.rng.random_range(0..=PARTICIPANTS) {
-                0 => Node::Coordinator,
+                0 => Node::Coordinator(1),
                 i => Node::Participant(i),
             });
         }

@@ -204,7 +204,7 @@ pub fn fault_gaps(h: &History, faults: &[FaultRecord], end: Duration) -> Vec<Fau
                 .iter()
                 .filter_map(|t| match t {
                     Node::Participant(r) => Some(*r),
-                    Node::Coordinator => None,
+                    Node::Coordinator(_) => None,
                 })
                 .collect();
             let reads = read_times(h, &faulted);
