@@ -67,6 +67,16 @@ pub struct LocalOptions {
     /// participant, participant 1 first; `None`: every coordinator
     /// replica's own address.
     pub coordinator_addr_for_participants: Option<Vec<String>>,
+    /// Per coordinator replica (replica 1 first), the addresses its
+    /// `--participants` names, participant 1 first; overrides
+    /// `participant_addrs_for_coordinator` (and, like it, gives the
+    /// participants `--advertise`). `None`: as that option says.
+    pub participant_addrs_by_coordinator: Option<Vec<Vec<String>>>,
+    /// Per coordinator replica (replica 1 first), the addresses its
+    /// `--coordinators` names, one per replica in id order (proxies in
+    /// front of its peers, say); its own entry is ignored and replaced by
+    /// its real listen address. `None`: every replica's own address.
+    pub peer_addrs_by_coordinator: Option<Vec<Vec<String>>>,
 }
 
 impl Default for LocalOptions {
@@ -81,6 +91,8 @@ impl Default for LocalOptions {
             bin_dir: None,
             participant_addrs_for_coordinator: None,
             coordinator_addr_for_participants: None,
+            participant_addrs_by_coordinator: None,
+            peer_addrs_by_coordinator: None,
         }
     }
 }
@@ -157,6 +169,40 @@ impl LocalCluster {
                     "{what} lists {} addresses for {} participants",
                     l.len(),
                     opts.participants
+                );
+            }
+        }
+        for (what, lists, inner, per) in [
+            (
+                "participant_addrs_by_coordinator",
+                &opts.participant_addrs_by_coordinator,
+                opts.participants,
+                "participants",
+            ),
+            (
+                "peer_addrs_by_coordinator",
+                &opts.peer_addrs_by_coordinator,
+                opts.coordinators,
+                "coordinator replicas",
+            ),
+        ] {
+            let Some(lists) = lists else { continue };
+            if lists.len() != opts.coordinators as usize {
+                bail!(
+                    "{what} has {} lists for {} coordinator replicas",
+                    lists.len(),
+                    opts.coordinators
+                );
+            }
+            if let Some((i, l)) = lists
+                .iter()
+                .enumerate()
+                .find(|(_, l)| l.len() != inner as usize)
+            {
+                bail!(
+                    "{what} lists {} addresses for coordinator replica {} and {inner} {per}",
+                    l.len(),
+                    i + 1
                 );
             }
         }
@@ -287,12 +333,25 @@ impl LocalCluster {
                 c.arg("--listen").arg(self.addr(node));
                 if self.opts.coordinators > 1 {
                     c.arg("--id").arg(i.to_string());
-                    c.arg("--coordinators").arg(self.coordinators().join(","));
+                    let mut peers = self
+                        .opts
+                        .peer_addrs_by_coordinator
+                        .as_ref()
+                        .and_then(|by| by.get(i as usize - 1).cloned())
+                        .unwrap_or_else(|| self.coordinators());
+                    // Its own entry is where it listens, whatever was given.
+                    if let Some(me) = peers.get_mut(i as usize - 1) {
+                        *me = self.addr(node);
+                    }
+                    c.arg("--coordinators").arg(peers.join(","));
                 }
-                let participants = match &self.opts.participant_addrs_for_coordinator {
-                    Some(via) => via.clone(),
-                    None => self.endpoints(),
-                };
+                let participants = self
+                    .opts
+                    .participant_addrs_by_coordinator
+                    .as_ref()
+                    .and_then(|by| by.get(i as usize - 1).cloned())
+                    .or_else(|| self.opts.participant_addrs_for_coordinator.clone())
+                    .unwrap_or_else(|| self.endpoints());
                 c.arg("--participants").arg(participants.join(","));
                 c.args(&self.opts.coordinator_args);
                 c
@@ -309,6 +368,7 @@ impl LocalCluster {
                     .unwrap_or_else(|| self.coordinators().join(","));
                 c.arg("--coordinator").arg(coordinator);
                 if self.opts.participant_addrs_for_coordinator.is_some()
+                    || self.opts.participant_addrs_by_coordinator.is_some()
                     || self.opts.coordinator_addr_for_participants.is_some()
                 {
                     c.arg("--advertise").arg(self.addr(node));
