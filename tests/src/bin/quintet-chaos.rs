@@ -9,17 +9,21 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use quintet_tests::chaos::{Args, BackendKind, local, plan, run, seed_of};
+use quintet_tests::chaos::{Args, left_out, plan, run, seed_of};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
     if args.dry_run {
+        if let Err(e) = args.validate() {
+            eprintln!("quintet-chaos: {e}");
+            return ExitCode::from(2);
+        }
         let seed = seed_of(&args);
         println!("nominal schedule for seed {seed} over {:?}:", args.duration);
-        if args.backend == BackendKind::Local {
-            for k in args.nemesis.0.iter().filter(|k| !local::supports(**k)) {
-                println!("  ({k} is not available on the local backend: left out)");
+        for k in &args.nemesis.0 {
+            if let Some(why) = left_out(&args, *k) {
+                println!("  (left out: {why})");
             }
         }
         let mut at = std::time::Duration::ZERO;

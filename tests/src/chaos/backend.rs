@@ -13,6 +13,12 @@
 //! rejoin) and says how long each took, measured from the start of the
 //! heal; that is the rejoin time of the report.
 //!
+//! A fault that hits a coordinator replica picked by role (the leader, a
+//! follower) names no target in the schedule: the runner finds who leads
+//! right before the injection ([`leader_replicas`], the leader's status
+//! asked through the participants) and hands the backend the fault with
+//! its target filled in, so backends only ever see concrete nodes.
+//!
 //! Injections and heals are idempotent where that is cheap, and
 //! [`Backend::heal_all`] looks at the actual state of every node (not at
 //! what the nemesis believes it did), so the end of a run always leaves a
@@ -23,10 +29,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use quintet_client::Client;
 use quintet_client::client::health;
 use quintet_client::local::Node;
+use quintet_common::rpc::ReplicaStatus;
 
-use super::nemesis::{Fault, FaultKind, Rejoin};
+use super::nemesis::{Fault, FaultKind, Rejoin, leader_of};
 
 /// A cluster the chaos runner can hurt and heal.
 pub trait Backend: Send {
@@ -35,6 +43,9 @@ pub trait Backend: Send {
 
     /// The participants' client addresses, participant 1 first.
     fn endpoints(&self) -> Vec<String>;
+
+    /// How many coordinator replicas the cluster runs.
+    fn coordinators(&self) -> u32;
 
     /// Why `kind` cannot be done here, or `None` when it can.
     fn unsupported(&self, kind: FaultKind) -> Option<String>;
@@ -92,4 +103,32 @@ pub async fn wait_ready_all(
         }
     });
     futures::future::join_all(waits).await.into_iter().collect()
+}
+
+/// The coordinator replicas as the leader lists them (its status, asked
+/// through the participants), retried until a status names exactly one
+/// leader or `timeout` has passed; the error says what was last seen.
+pub async fn leader_replicas(
+    client: &Client,
+    timeout: Duration,
+) -> anyhow::Result<Vec<ReplicaStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match client.coordinator_status().await {
+            Ok(s) if leader_of(&s.replicas).is_some() => return Ok(s.replicas),
+            Ok(s) => format!(
+                "the status names no single leader: {}",
+                s.replicas
+                    .iter()
+                    .map(|r| format!("{} {}", r.id, r.role))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            bail!("no coordinator leader found within {timeout:?} ({last})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -3,9 +3,11 @@
 //!
 //! # A run
 //!
-//! 1. **Cluster.** The [`backend::Backend`] provides a running six-node
-//!    cluster: [`local::LocalBackend`] starts one, [`docker::DockerBackend`]
-//!    finds the compose project's containers.
+//! 1. **Cluster.** The [`backend::Backend`] provides a running cluster of
+//!    five participants and one coordinator, or (`--coordinators 3` or 5,
+//!    local backend) that many coordinator replicas keeping the decision
+//!    log with Raft: [`local::LocalBackend`] starts one,
+//!    [`docker::DockerBackend`] finds the compose project's containers.
 //! 2. **Workload and nemesis, concurrently, for `--duration`.** The shared
 //!    engine ([`quintet_client::workload::run`]) runs `--clients` closed-loop
 //!    clients over a small key space (`--keys`, so keys see contention) with
@@ -21,17 +23,29 @@
 //!    pause, partition (docker only), partition-coordinator (one or two
 //!    participants cut off the coordinator only, both ways or one way, while
 //!    clients and the other participants still reach them), wipe (a
-//!    participant killed, its data deleted, started empty) and restart-all.
+//!    participant killed, its data deleted, started empty) and restart-all;
+//!    with three or more coordinator replicas also kill-coordinator-leader,
+//!    partition-coordinator-leader (the leader cut off the other replicas
+//!    and the participants while it runs) and wipe-coordinator (a replica,
+//!    the leader or a follower, restarted with its data deleted). Those hit
+//!    whoever leads at injection time: the runner asks the leader's status
+//!    right before ([`backend::leader_replicas`]) and records which replica
+//!    led before the injection and after the heal. A kind the backend or
+//!    the number of replicas does not allow is named at start and left out.
 //!    A heal returns once the nodes it brought back answer `health` as
 //!    ready; for a participant that means caught up, a member again and
-//!    holding a lease, and how long that took is its rejoin time.
+//!    holding a lease, for a coordinator replica the leader serving or a
+//!    follower that knows the leader (a wiped one: also its log caught up
+//!    with the leader's), and how long that took is its rejoin time.
 //! 3. **Heal.** At `--duration` the workload stops issuing (operations in
 //!    flight finish or time out after `--op-timeout`), the nemesis stops,
 //!    and [`backend::Backend::heal_all`] brings every node back.
 //! 4. **Converge.** Bounded by `--converge-timeout`: every replica answers
 //!    status with the same applied version and digest and no pending batch,
-//!    and the coordinator has no queued write or round in flight (so no
-//!    unknown write can still land after the final reads).
+//!    and the coordinator (its leader) has no queued write or round in
+//!    flight (so no unknown write can still land after the final reads);
+//!    with several coordinator replicas, the leader also reports every
+//!    replica reachable with its log at the leader's applied index.
 //! 5. **Read back.** Every key of the key space at every replica
 //!    (serializable reads: after convergence they are exact), then status
 //!    again to make sure nothing moved in between.
@@ -75,7 +89,7 @@ use tokio::sync::watch;
 
 use crate::checker::{self, FinalRead};
 use backend::Backend;
-use nemesis::{FaultKind, FaultRecord, Nemesis, Timing};
+use nemesis::{FaultKind, FaultRecord, Nemesis, PlannedFault, Timing};
 use report::{ChaosReport, Check};
 
 /// Which cluster to run against.
@@ -105,12 +119,20 @@ pub struct Args {
     #[arg(long, default_value_t = 8)]
     pub clients: u32,
     /// Faults to draw from: any of kill, pause, partition,
-    /// partition-coordinator, wipe, restart-all (comma-separated), or all,
-    /// or none. partition is docker only; partition-coordinator cuts one or
-    /// two participants off the coordinator alone (docker: iptables, needs
-    /// root); wipe restarts a participant with its data deleted.
+    /// partition-coordinator, wipe, restart-all, kill-coordinator-leader,
+    /// partition-coordinator-leader, wipe-coordinator (comma-separated), or
+    /// all, or none. partition is docker only; partition-coordinator cuts
+    /// one or two participants off the coordinator alone (docker: iptables,
+    /// needs root); wipe restarts a participant with its data deleted; the
+    /// last three (local, --coordinators 3 or more) kill the leading
+    /// coordinator replica, cut it off while it runs, or restart a replica
+    /// with its data deleted. Kinds not available are named and left out.
     #[arg(long, default_value = "all", value_parser = parse_nemesis_list)]
     pub nemesis: NemesisList,
+    /// Coordinator replicas (Raft): 1, or 3 or 5 to survive losing one or
+    /// two. Local backend only (the compose file runs one).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=7))]
+    pub coordinators: u32,
     /// Seed of the workload and the fault schedule [default: from the clock, printed].
     #[arg(long)]
     pub seed: Option<u64>,
@@ -167,6 +189,12 @@ impl Args {
         if self.op_timeout.is_zero() {
             bail!("--op-timeout must be positive");
         }
+        if self.backend == BackendKind::Docker && self.coordinators != 1 {
+            bail!(
+                "--coordinators {} needs the local backend: the compose file runs a single coordinator",
+                self.coordinators
+            );
+        }
         Ok(())
     }
 }
@@ -185,7 +213,12 @@ pub async fn run(args: &Args) -> anyhow::Result<ChaosReport> {
     args.validate()?;
     match args.backend {
         BackendKind::Local => {
-            let mut b = local::LocalBackend::start(args.bin_dir.clone(), args.dir.clone()).await?;
+            let mut b = local::LocalBackend::start(
+                args.bin_dir.clone(),
+                args.dir.clone(),
+                args.coordinators,
+            )
+            .await?;
             println!("local cluster up in {}", b.dir().display());
             run_with(args, &mut b).await
         }
@@ -204,17 +237,32 @@ pub async fn run(args: &Args) -> anyhow::Result<ChaosReport> {
     }
 }
 
+/// Why a kind asked for is left out of the schedule before the cluster is
+/// even looked at (the backend, the number of coordinator replicas), or
+/// `None`. The docker backend may leave out more once it sees the host.
+pub fn left_out(args: &Args, kind: FaultKind) -> Option<String> {
+    match args.backend {
+        BackendKind::Local => local::why_not(kind, args.coordinators),
+        BackendKind::Docker => kind
+            .hits_coordinator_replica()
+            .then(|| docker::no_replicas(kind)),
+    }
+}
+
 /// The nominal schedule of a run: the fault kinds that backend supports,
-/// drawn with the run's seed, assuming instant injections and heals.
+/// drawn with the run's seed, assuming instant injections and heals (a
+/// coordinator-replica fault names its pick, not a replica).
 pub fn plan(args: &Args, seed: u64) -> Vec<nemesis::PlannedFault> {
     let kinds: Vec<FaultKind> = args
         .nemesis
         .0
         .iter()
         .copied()
-        .filter(|k| args.backend != BackendKind::Local || local::supports(*k))
+        .filter(|k| left_out(args, *k).is_none())
         .collect();
-    Nemesis::new(seed, &kinds, Timing::default()).plan(args.duration)
+    Nemesis::new(seed, &kinds, Timing::default())
+        .with_coordinators(args.coordinators)
+        .plan(args.duration)
 }
 
 /// The seed of a run: `--seed`, else one from the clock.
@@ -231,13 +279,35 @@ fn stamp(t0: Instant) -> String {
     format!("[{:8.3}s]", t0.elapsed().as_secs_f64())
 }
 
-/// Executes the seeded schedule until `end`: gap, inject, hold, heal.
+/// How long the runner looks for the coordinator leader before a fault
+/// that hits it (an election after the previous fault may still be on).
+const FIND_LEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long it looks for the leader just to record who led.
+const NOTE_LEADER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The leading coordinator replica, for the record (several replicas only).
+async fn note_leader(status: &Client, coordinators: u32) -> Option<quintet_client::local::Node> {
+    if coordinators < 2 {
+        return None;
+    }
+    let replicas = backend::leader_replicas(status, NOTE_LEADER_TIMEOUT)
+        .await
+        .ok()?;
+    nemesis::leader_of(&replicas).map(quintet_client::local::Node::Coordinator)
+}
+
+/// Executes the seeded schedule until `end`: gap, inject, hold, heal. A
+/// fault with a pick (the leader, a follower) gets its replica from the
+/// leader's status (asked through `status`) right before its injection.
 async fn run_nemesis<B: Backend>(
     backend: &mut B,
     mut nemesis: Nemesis,
+    status: &Client,
     t0: Instant,
     end: Instant,
 ) -> Vec<FaultRecord> {
+    let coordinators = backend.coordinators();
     let mut log = Vec::new();
     while let Some(f) = nemesis.next_fault() {
         let at = Instant::now() + f.gap;
@@ -245,20 +315,54 @@ async fn run_nemesis<B: Backend>(
             break;
         }
         tokio::time::sleep_until(at.into()).await;
+        let mut fault = f.fault.clone();
+        let mut leader_before = None;
+        let mut resolve_error = None;
+        if let Some(pick) = fault.pick.filter(|_| fault.targets.is_empty()) {
+            match backend::leader_replicas(status, FIND_LEADER_TIMEOUT).await {
+                Ok(replicas) => {
+                    leader_before =
+                        nemesis::leader_of(&replicas).map(quintet_client::local::Node::Coordinator);
+                    match nemesis::pick_replica(&replicas, pick) {
+                        Some(id) => {
+                            fault.targets = vec![quintet_client::local::Node::Coordinator(id)]
+                        }
+                        None => {
+                            resolve_error =
+                                Some(format!("no replica is {pick} in the leader's status"))
+                        }
+                    }
+                }
+                Err(e) => resolve_error = Some(format!("{e:#}")),
+            }
+        } else {
+            leader_before = note_leader(status, coordinators).await;
+        }
         let mut rec = FaultRecord {
-            fault: f.fault.clone(),
+            fault: fault.clone(),
+            leader_before,
+            leader_after: None,
             injected: t0.elapsed(),
             healed: None,
             rejoins: Vec::new(),
             errors: Vec::new(),
         };
-        println!("{} inject {}", stamp(t0), f.fault);
-        if let Err(e) = backend.inject(&f.fault).await {
-            println!("{} inject {} failed: {e:#}", stamp(t0), f.fault);
+        if let Some(e) = resolve_error {
+            // Nothing was injected: a fault of no length, not held.
+            println!("{} cannot inject {fault}: {e}", stamp(t0));
+            rec.errors.push(format!("finding its target: {e}"));
+            rec.healed = Some(rec.injected);
+            log.push(rec);
+            continue;
+        }
+        println!("{} inject {fault}", stamp(t0));
+        if let Err(e) = backend.inject(&fault).await {
+            println!("{} inject {fault} failed: {e:#}", stamp(t0));
             rec.errors.push(format!("inject: {e:#}"));
         }
         let heal_at = (Instant::now() + f.hold).min(end);
         tokio::time::sleep_until(heal_at.into()).await;
+        let f = PlannedFault { fault, ..f };
         match backend.heal(&f.fault).await {
             Ok(rejoins) => {
                 rec.healed = Some(t0.elapsed());
@@ -278,6 +382,18 @@ async fn run_nemesis<B: Backend>(
                 println!("{} heal {} failed: {e:#}", stamp(t0), f.fault);
                 rec.errors.push(format!("heal: {e:#}"));
             }
+        }
+        rec.leader_after = note_leader(status, coordinators).await;
+        if rec.leader_before.is_some() || rec.leader_after.is_some() {
+            let name = |l: Option<quintet_client::local::Node>| {
+                l.map_or("unknown".to_string(), |n| n.to_string())
+            };
+            println!(
+                "{} leader before {}, after {}",
+                stamp(t0),
+                name(rec.leader_before),
+                name(rec.leader_after)
+            );
         }
         log.push(rec);
     }
@@ -299,13 +415,39 @@ fn describe(all: &[Result<ParticipantStatus, quintet_client::ClientError>]) -> S
         .join("; ")
 }
 
+/// Describes the coordinator replicas of a status (nothing for a lone one).
+fn describe_replicas(replicas: &[quintet_common::rpc::ReplicaStatus]) -> String {
+    if replicas.len() < 2 {
+        return String::new();
+    }
+    let each: Vec<String> = replicas
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} at {}{}",
+                r.id,
+                r.role,
+                r.applied,
+                if r.reachable { "" } else { " unreachable" }
+            )
+        })
+        .collect();
+    format!(
+        "; replicas (term {}): {}",
+        replicas[0].term,
+        each.join(", ")
+    )
+}
+
+/// A converged cluster: the participants' statuses, and with several
+/// coordinator replicas how many there are and the log index all are at.
+type Converged = (Vec<ParticipantStatus>, Option<(usize, u64)>);
+
 /// Waits until every replica is at the same version and digest with
-/// nothing pending, and the coordinator is idle. `Err` describes the last
-/// state seen.
-async fn wait_converged(
-    client: &Client,
-    timeout: Duration,
-) -> Result<Vec<ParticipantStatus>, String> {
+/// nothing pending, and the coordinator is idle (with several replicas:
+/// all of them at the leader's log index). `Err` describes the last state
+/// seen.
+async fn wait_converged(client: &Client, timeout: Duration) -> Result<Converged, String> {
     let deadline = Instant::now() + timeout;
     loop {
         let all = client.status_all().await;
@@ -316,14 +458,35 @@ async fn wait_converged(
                 s.pending.is_empty() && s.applied == ok[0].applied && s.digest == ok[0].digest
             });
         let idle = matches!(&coord, Ok(c) if c.queued == 0 && c.in_flight.is_none());
-        if same && idle {
-            return Ok(ok.into_iter().cloned().collect());
+        // With several replicas, the decision log has converged too: the
+        // leader hears every replica and has its log where its own is.
+        let (replicas, log) = match &coord {
+            Ok(c) if c.replicas.len() > 1 => {
+                let leader = nemesis::leader_of(&c.replicas);
+                let at = c
+                    .replicas
+                    .iter()
+                    .find(|r| Some(r.id) == leader)
+                    .map(|r| r.applied);
+                (
+                    at.is_some_and(|at| c.replicas.iter().all(|r| r.reachable && r.applied == at)),
+                    at.map(|at| (c.replicas.len(), at)),
+                )
+            }
+            _ => (true, None),
+        };
+        if same && idle && replicas {
+            return Ok((ok.into_iter().cloned().collect(), log));
         }
         if Instant::now() >= deadline {
             let c = match coord {
                 Ok(c) => format!(
-                    "coordinator: epoch {} committed {} queued {} in flight {:?}",
-                    c.epoch, c.committed, c.queued, c.in_flight
+                    "coordinator: epoch {} committed {} queued {} in flight {:?}{}",
+                    c.epoch,
+                    c.committed,
+                    c.queued,
+                    c.in_flight,
+                    describe_replicas(&c.replicas)
                 ),
                 Err(e) => format!("coordinator: {e}"),
             };
@@ -373,6 +536,7 @@ pub async fn run_with<B: Backend>(args: &Args, backend: &mut B) -> anyhow::Resul
     let seed = seed_of(args);
     let mut report = ChaosReport {
         backend: backend.name().to_string(),
+        coordinators: backend.coordinators(),
         seed,
         clients: args.clients,
         keys: args.keys,
@@ -382,7 +546,7 @@ pub async fn run_with<B: Backend>(args: &Args, backend: &mut B) -> anyhow::Resul
     };
     let mut kinds = Vec::new();
     for &k in &args.nemesis.0 {
-        match backend.unsupported(k) {
+        match left_out(args, k).or_else(|| backend.unsupported(k)) {
             Some(why) => {
                 println!("note: {why}");
                 report.skipped.push(k);
@@ -392,6 +556,9 @@ pub async fn run_with<B: Backend>(args: &Args, backend: &mut B) -> anyhow::Resul
     }
     let endpoints = backend.endpoints();
     let client = Client::new(&endpoints, args.op_timeout).map_err(anyhow::Error::msg)?;
+    // The nemesis's look-ups of the leader: short timeouts, so a paused
+    // participant costs a second, not an operation timeout.
+    let status = Client::new(&endpoints, Duration::from_secs(1)).map_err(anyhow::Error::msg)?;
     let run_id = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -411,8 +578,9 @@ pub async fn run_with<B: Backend>(args: &Args, backend: &mut B) -> anyhow::Resul
     };
     let kind_names: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
     println!(
-        "quintet-chaos: backend {}, seed {seed}, {:?}, {} clients, {} keys ({}*), nemesis [{}]",
+        "quintet-chaos: backend {}, {} coordinator replica(s), seed {seed}, {:?}, {} clients, {} keys ({}*), nemesis [{}]",
         backend.name(),
+        backend.coordinators(),
         args.duration,
         args.clients,
         args.keys,
@@ -428,13 +596,14 @@ pub async fn run_with<B: Backend>(args: &Args, backend: &mut B) -> anyhow::Resul
         }
     });
     let (cancel, cancel_rx) = watch::channel(false);
-    let nemesis = Nemesis::new(seed, &kinds, Timing::default());
+    let nemesis =
+        Nemesis::new(seed, &kinds, Timing::default()).with_coordinators(backend.coordinators());
     let t0 = Instant::now();
     let end = t0 + args.duration;
     let (summary, faults) = tokio::join!(
         workload::run(&client, &spec, Some(observer), cancel_rx),
         async {
-            let log = run_nemesis(backend, nemesis, t0, end).await;
+            let log = run_nemesis(backend, nemesis, &status, t0, end).await;
             // The workload stops by itself at the same time; this is a backstop.
             tokio::time::sleep_until(end.into()).await;
             let _ = cancel.send(true);
@@ -475,10 +644,10 @@ pub async fn run_with<B: Backend>(args: &Args, backend: &mut B) -> anyhow::Resul
     let mut converged = wait_converged(&client, args.converge_timeout).await;
     let mut finals = Err("replicas did not converge".to_string());
     for _ in 0..3 {
-        let Ok(before) = &converged else { break };
+        let Ok((before, _)) = &converged else { break };
         finals = read_back(&client, &spec, endpoints.len()).await;
         let after = wait_converged(&client, args.converge_timeout).await;
-        let same = matches!(&after, Ok(a) if a.iter().zip(before).all(|(x, y)| x.applied == y.applied && x.digest == y.digest));
+        let same = matches!(&after, Ok((a, _)) if a.iter().zip(before).all(|(x, y)| x.applied == y.applied && x.digest == y.digest));
         converged = after;
         if same {
             break;
@@ -543,13 +712,16 @@ pub async fn run_with<B: Backend>(args: &Args, backend: &mut B) -> anyhow::Resul
 
     // (3) Convergence.
     let (passed, detail) = match &converged {
-        Ok(s) => (
+        Ok((s, log)) => (
             true,
             format!(
-                "{} replicas at version {} with digest {}",
+                "{} replicas at version {} with digest {}{}",
                 s.len(),
                 s.first().map_or(0, |s| s.applied),
-                s.first().map_or("-", |s| s.digest.as_str())
+                s.first().map_or("-", |s| s.digest.as_str()),
+                log.map_or(String::new(), |(n, at)| format!(
+                    "; {n} coordinator replicas at log index {at}"
+                ))
             ),
         ),
         Err(e) => (
@@ -608,6 +780,84 @@ mod tests {
     }
 
     #[test]
+    fn all_includes_the_coordinator_replica_kinds_only_where_they_can_run() {
+        let args = |extra: &[&str]| {
+            let mut a = vec!["quintet-chaos", "--duration", "20m", "--nemesis", "all"];
+            a.extend_from_slice(extra);
+            Args::try_parse_from(a).expect("valid arguments")
+        };
+        let replica_kinds = [
+            FaultKind::KillCoordinatorLeader,
+            FaultKind::PartitionCoordinatorLeader,
+            FaultKind::WipeCoordinator,
+        ];
+        // `all` names them; whether they run depends on the cluster.
+        let one = args(&[]);
+        for k in replica_kinds {
+            assert!(one.nemesis.0.contains(&k), "{k}");
+            let why = left_out(&one, k).expect("left out with one coordinator");
+            assert!(why.contains("--coordinators 3"), "{why}");
+        }
+        let three = args(&["--coordinators", "3"]);
+        assert_eq!(three.coordinators, 3);
+        assert!(three.validate().is_ok());
+        let planned_one = plan(&one, 11);
+        let planned_three = plan(&three, 11);
+        for k in replica_kinds {
+            assert!(
+                !planned_one.iter().any(|f| f.fault.kind == k),
+                "{k} planned with 1"
+            );
+            assert!(
+                planned_three.iter().any(|f| f.fault.kind == k),
+                "{k} not planned with 3"
+            );
+            assert_eq!(left_out(&three, k), None, "{k}");
+        }
+        // The other kinds are the same either way; partition stays out locally.
+        assert!(left_out(&three, FaultKind::Partition).is_some());
+        assert_eq!(left_out(&three, FaultKind::Kill), None);
+        // Two replicas are allowed but cannot lose one: the kinds stay out.
+        let two = args(&["--coordinators", "2"]);
+        assert!(left_out(&two, FaultKind::KillCoordinatorLeader).is_some());
+        // Docker runs one coordinator: never them, and no --coordinators.
+        let docker = args(&["--backend", "docker"]);
+        for k in replica_kinds {
+            assert!(left_out(&docker, k).is_some(), "{k}");
+        }
+        assert!(
+            args(&["--backend", "docker", "--coordinators", "3"])
+                .validate()
+                .is_err()
+        );
+        for bad in ["0", "8", "three"] {
+            assert!(
+                Args::try_parse_from(["quintet-chaos", "--coordinators", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        // The CI list parses.
+        let ci = Args::try_parse_from([
+            "quintet-chaos",
+            "--coordinators",
+            "3",
+            "--nemesis",
+            "kill-coordinator-leader,partition-coordinator-leader,wipe-coordinator,kill,pause",
+        ])
+        .expect("the CI list");
+        assert_eq!(
+            ci.nemesis.0,
+            [
+                FaultKind::Kill,
+                FaultKind::Pause,
+                FaultKind::KillCoordinatorLeader,
+                FaultKind::PartitionCoordinatorLeader,
+                FaultKind::WipeCoordinator
+            ]
+        );
+    }
+
+    #[test]
     fn args_parse() {
         let a = Args::try_parse_from([
             "quintet-chaos",
@@ -632,7 +882,8 @@ mod tests {
         assert_eq!(a.backend, BackendKind::Docker);
         assert_eq!(a.duration, Duration::from_secs(120));
         assert_eq!(a.clients, 4);
-        assert_eq!(a.nemesis.0, FaultKind::ALL.to_vec());
+        assert_eq!(a.nemesis.0, FaultKind::ALL[..6].to_vec());
+        assert_eq!(a.coordinators, 1);
         assert_eq!(a.seed, Some(7));
         assert_eq!(a.history, PathBuf::from("h.jsonl"));
         assert_eq!(a.keys, 10);

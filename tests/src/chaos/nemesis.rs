@@ -12,10 +12,19 @@
 //! overlapping it.
 //!
 //! Targets: a kill, pause or partition hits one node drawn uniformly from
-//! the coordinator and the five participants; a wipe hits one participant;
-//! a partition-coordinator cuts one participant (a quarter of the time two)
-//! off from the coordinator, in a direction drawn uniformly from [`Cut`];
-//! restart-all hits all six.
+//! the coordinator replicas and the five participants; a wipe hits one
+//! participant; a partition-coordinator cuts one participant (a quarter of
+//! the time two) off from every coordinator replica, in a direction drawn
+//! uniformly from [`Cut`]; restart-all hits every node.
+//!
+//! The coordinator-replica kinds (kill-coordinator-leader,
+//! partition-coordinator-leader, wipe-coordinator; runs with three or more
+//! coordinator replicas only) hit a replica that depends on who leads when
+//! the fault comes: the schedule only draws a [`Pick`] (the leader; for
+//! wipe-coordinator the leader half the time, else a follower by rank),
+//! and the runner turns it into a replica at injection time from the
+//! leader's status ([`pick_replica`]). Which replica that was, and who led
+//! at the injection and after the heal, is in the [`FaultRecord`].
 //!
 //! Hold times are 1–4 s, so most pauses, partitions and cuts outlast the
 //! 1 s lease: the coordinator drops the node from the view, and the heal
@@ -32,6 +41,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use quintet_client::local::Node;
+use quintet_common::rpc::ReplicaStatus;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
@@ -52,20 +62,54 @@ pub enum FaultKind {
     PartitionCoordinator,
     /// Kill one participant, delete its data, start it again empty.
     Wipe,
-    /// Stop all six nodes gracefully, start them all again when healing.
+    /// Stop every node gracefully, start them all again when healing.
     RestartAll,
+    /// SIGKILL the coordinator replica that leads at injection time,
+    /// restart it when healing (it rejoins as a follower).
+    KillCoordinatorLeader,
+    /// Cut the leading coordinator replica off from the other replicas and
+    /// from every participant, both ways, while it keeps running; a
+    /// majority elects another and the old one must stop granting leases.
+    PartitionCoordinatorLeader,
+    /// Kill a coordinator replica (the leader or a follower), delete its
+    /// data, start it again empty: it must rejoin from the others.
+    WipeCoordinator,
 }
 
 impl FaultKind {
     /// Every kind, in a fixed order (the order `--nemesis` lists sort to).
-    pub const ALL: [FaultKind; 6] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Partition,
         FaultKind::PartitionCoordinator,
         FaultKind::Wipe,
         FaultKind::RestartAll,
+        FaultKind::KillCoordinatorLeader,
+        FaultKind::PartitionCoordinatorLeader,
+        FaultKind::WipeCoordinator,
     ];
+
+    /// Fewest coordinator replicas a kind needs: the coordinator-replica
+    /// kinds need a majority left when one replica is lost (3).
+    pub fn min_coordinators(self) -> u32 {
+        if self.hits_coordinator_replica() {
+            3
+        } else {
+            1
+        }
+    }
+
+    /// Whether the fault hits a coordinator replica picked at injection
+    /// time (the leader, or a follower).
+    pub fn hits_coordinator_replica(self) -> bool {
+        matches!(
+            self,
+            FaultKind::KillCoordinatorLeader
+                | FaultKind::PartitionCoordinatorLeader
+                | FaultKind::WipeCoordinator
+        )
+    }
 
     /// Whether the fault hits chosen nodes (as opposed to all of them).
     pub fn has_target(self) -> bool {
@@ -88,12 +132,16 @@ impl fmt::Display for FaultKind {
             FaultKind::PartitionCoordinator => "partition-coordinator",
             FaultKind::Wipe => "wipe",
             FaultKind::RestartAll => "restart-all",
+            FaultKind::KillCoordinatorLeader => "kill-coordinator-leader",
+            FaultKind::PartitionCoordinatorLeader => "partition-coordinator-leader",
+            FaultKind::WipeCoordinator => "wipe-coordinator",
         })
     }
 }
 
 /// The kinds `--nemesis` accepts, for messages.
-pub const KIND_NAMES: &str = "kill, pause, partition, partition-coordinator, wipe, restart-all";
+pub const KIND_NAMES: &str = "kill, pause, partition, partition-coordinator, wipe, restart-all, \
+     kill-coordinator-leader, partition-coordinator-leader, wipe-coordinator";
 
 impl FromStr for FaultKind {
     type Err = String;
@@ -108,6 +156,13 @@ impl FromStr for FaultKind {
             }
             "wipe" => Ok(FaultKind::Wipe),
             "restart-all" | "restart_all" => Ok(FaultKind::RestartAll),
+            "kill-coordinator-leader" | "kill_coordinator_leader" => {
+                Ok(FaultKind::KillCoordinatorLeader)
+            }
+            "partition-coordinator-leader" | "partition_coordinator_leader" => {
+                Ok(FaultKind::PartitionCoordinatorLeader)
+            }
+            "wipe-coordinator" | "wipe_coordinator" => Ok(FaultKind::WipeCoordinator),
             other => Err(format!(
                 "unknown nemesis {other:?}: use {KIND_NAMES} (comma-separated), all or none"
             )),
@@ -176,15 +231,72 @@ impl fmt::Display for Cut {
     }
 }
 
+/// Which coordinator replica a coordinator-replica fault hits, drawn by
+/// the schedule and resolved at injection time ([`pick_replica`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Pick {
+    /// The replica that leads.
+    Leader,
+    /// A follower: the one of this rank (modulo their number) among the
+    /// followers in id order.
+    Follower(u32),
+}
+
+impl fmt::Display for Pick {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Pick::Leader => "the leader",
+            Pick::Follower(_) => "a follower",
+        })
+    }
+}
+
+/// The id of the replica that leads, from the replica list of a
+/// coordinator status (the leader lists itself as `leader`, the others as
+/// `follower`); `None` unless exactly one says leader.
+pub fn leader_of(replicas: &[ReplicaStatus]) -> Option<u32> {
+    let mut leaders = replicas.iter().filter(|r| r.role == "leader");
+    match (leaders.next(), leaders.next()) {
+        (Some(l), None) => Some(l.id),
+        _ => None,
+    }
+}
+
+/// The replica `pick` names in a coordinator status's replica list:
+/// the leader, or the follower of that rank (modulo the number of
+/// followers) in id order. `None` when there is no single leader, or no
+/// follower to pick.
+pub fn pick_replica(replicas: &[ReplicaStatus], pick: Pick) -> Option<u32> {
+    let leader = leader_of(replicas)?;
+    match pick {
+        Pick::Leader => Some(leader),
+        Pick::Follower(rank) => {
+            let mut followers: Vec<u32> = replicas
+                .iter()
+                .map(|r| r.id)
+                .filter(|&id| id != leader)
+                .collect();
+            followers.sort_unstable();
+            followers.dedup();
+            let n = followers.len() as u32;
+            (n > 0).then(|| followers[(rank % n) as usize])
+        }
+    }
+}
+
 /// What a backend does: a kind of fault, where, and (for a cut) which way.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fault {
     /// What to inject.
     pub kind: FaultKind,
-    /// The nodes hit; empty for restart-all (every node).
+    /// The nodes hit; empty for restart-all (every node), and for a
+    /// coordinator-replica kind until its pick is resolved.
     pub targets: Vec<Node>,
     /// Which way a partition-coordinator loses traffic; `None` for the other kinds.
     pub cut: Option<Cut>,
+    /// Which coordinator replica a coordinator-replica kind hits; `None`
+    /// for the other kinds.
+    pub pick: Option<Pick>,
 }
 
 impl Fault {
@@ -194,13 +306,18 @@ impl Fault {
             kind,
             targets: vec![node],
             cut: (kind == FaultKind::PartitionCoordinator).then_some(Cut::Both),
+            pick: kind.hits_coordinator_replica().then_some(Pick::Leader),
         }
     }
 
-    /// The targets, comma-separated, or `all nodes`.
+    /// The targets, comma-separated, or `all nodes` (or the pick, not yet
+    /// resolved: `the leader`, `a follower`).
     pub fn target_names(&self) -> String {
         if self.targets.is_empty() {
-            "all nodes".to_string()
+            match self.pick {
+                Some(p) => p.to_string(),
+                None => "all nodes".to_string(),
+            }
         } else {
             self.targets
                 .iter()
@@ -216,6 +333,20 @@ impl fmt::Display for Fault {
         write!(f, "{} {}", self.kind, self.target_names())?;
         if let Some(c) = self.cut {
             write!(f, " ({c})")?;
+        }
+        // Only a wipe-coordinator can hit either; the others name the leader.
+        if let (FaultKind::WipeCoordinator, Some(p), false) =
+            (self.kind, self.pick, self.targets.is_empty())
+        {
+            write!(
+                f,
+                " ({})",
+                if p == Pick::Leader {
+                    "leader"
+                } else {
+                    "follower"
+                }
+            )?;
         }
         Ok(())
     }
@@ -275,6 +406,7 @@ pub struct Nemesis {
     rng: SmallRng,
     kinds: Vec<FaultKind>,
     timing: Timing,
+    coordinators: u32,
 }
 
 impl Nemesis {
@@ -285,7 +417,17 @@ impl Nemesis {
             rng: SmallRng::seed_from_u64(seed ^ 0x6E65_6D65_7369_7321),
             kinds: kinds.to_vec(),
             timing,
+            coordinators: 1,
         }
+    }
+
+    /// The same for a cluster of `n` coordinator replicas (1 by default):
+    /// kill, pause and partition draw from all of them, and a
+    /// wipe-coordinator follower rank from the `n - 1` followers. With one
+    /// replica the schedule is the one `new` gives.
+    pub fn with_coordinators(mut self, n: u32) -> Nemesis {
+        self.coordinators = n.max(1);
+        self
     }
 
     /// The next fault, or `None` when no kind is enabled.
@@ -297,7 +439,16 @@ impl Nemesis {
         let kind = self.kinds[self.rng.random_range(0..self.kinds.len())];
         let mut targets = Vec::new();
         let mut cut = None;
-        if kind.participants_only() {
+        let mut pick = None;
+        if kind.hits_coordinator_replica() {
+            pick = Some(
+                if kind == FaultKind::WipeCoordinator && self.rng.random_range(0..2) == 1 {
+                    Pick::Follower(self.rng.random_range(0..(self.coordinators - 1).max(1)))
+                } else {
+                    Pick::Leader
+                },
+            );
+        } else if kind.participants_only() {
             let first = self.rng.random_range(1..=PARTICIPANTS);
             targets.push(Node::Participant(first));
             if kind == FaultKind::PartitionCoordinator {
@@ -311,15 +462,22 @@ impl Nemesis {
                 cut = Some(Cut::ALL[self.rng.random_range(0..Cut::ALL.len())]);
             }
         } else if kind.has_target() {
-            targets.push(match self.rng.random_range(0..=PARTICIPANTS) {
-                0 => Node::Coordinator(1),
-                i => Node::Participant(i),
+            // Coordinator replicas first: with one, 0 is the coordinator.
+            let n = self.coordinators;
+            targets.push(match self.rng.random_range(0..=PARTICIPANTS + n - 1) {
+                i if i < n => Node::Coordinator(i + 1),
+                i => Node::Participant(i - n + 1),
             });
         }
         let hold = self.between(self.timing.hold_min, self.timing.hold_max);
         Some(PlannedFault {
             gap,
-            fault: Fault { kind, targets, cut },
+            fault: Fault {
+                kind,
+                targets,
+                cut,
+                pick,
+            },
             hold,
         })
     }
@@ -361,8 +519,13 @@ pub struct Rejoin {
 /// What happened to one fault during the run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FaultRecord {
-    /// What was injected, where.
+    /// What was injected, where (a pick resolved to its replica).
     pub fault: Fault,
+    /// The coordinator replica that led just before the injection, when
+    /// the run has several and one could be found.
+    pub leader_before: Option<Node>,
+    /// The one that led once the heal was done, likewise.
+    pub leader_after: Option<Node>,
     /// When it was injected, since the start of the run.
     pub injected: Duration,
     /// When the heal completed (the node was back), if it was healed.
@@ -392,6 +555,13 @@ impl fmt::Display for FaultRecord {
             Some(h) => write!(f, ", healed at {:.3}s", h.as_secs_f64())?,
             None => write!(f, ", healed after the run")?,
         }
+        match (self.leader_before, self.leader_after) {
+            (Some(b), Some(a)) if a == b => write!(f, " (leader {b})")?,
+            (Some(b), Some(a)) => write!(f, " (leader {b}, then {a})")?,
+            (Some(b), None) => write!(f, " (leader {b} before)")?,
+            (None, Some(a)) => write!(f, " (leader {a} after)")?,
+            (None, None) => {}
+        }
         for e in &self.errors {
             write!(f, " [error: {e}]")?;
         }
@@ -407,9 +577,29 @@ mod tests {
     fn nemeses_parse() {
         assert_eq!(
             parse_nemeses("kill,pause,partition,partition-coordinator,wipe,restart-all"),
-            Ok(FaultKind::ALL.to_vec())
+            Ok(FaultKind::ALL[..6].to_vec())
+        );
+        assert_eq!(
+            parse_nemeses(
+                "wipe-coordinator,kill-coordinator-leader,partition-coordinator-leader,kill"
+            ),
+            Ok(vec![
+                FaultKind::Kill,
+                FaultKind::KillCoordinatorLeader,
+                FaultKind::PartitionCoordinatorLeader,
+                FaultKind::WipeCoordinator
+            ])
         );
         assert_eq!(parse_nemeses("all"), Ok(FaultKind::ALL.to_vec()));
+        // Only the coordinator-replica kinds need several replicas.
+        for k in FaultKind::ALL {
+            assert_eq!(
+                k.min_coordinators(),
+                if k.hits_coordinator_replica() { 3 } else { 1 },
+                "{k}"
+            );
+        }
+        assert!(parse_nemeses("kill-coordinator").is_err());
         assert!(parse_nemeses("all").is_ok_and(|k| {
             k.contains(&FaultKind::PartitionCoordinator) && k.contains(&FaultKind::Wipe)
         }));
@@ -431,7 +621,7 @@ mod tests {
         assert!(parse_nemeses("partition-coord").is_err());
         let err = parse_nemeses("flood").expect_err("unknown kind");
         assert!(
-            err.contains("partition-coordinator") && err.contains("wipe"),
+            err.contains("partition-coordinator") && err.contains("wipe-coordinator"),
             "{err}"
         );
         for k in FaultKind::ALL {
@@ -441,7 +631,8 @@ mod tests {
 
     #[test]
     fn schedule_is_deterministic_per_seed() {
-        let kinds = FaultKind::ALL;
+        // The kinds a single coordinator runs; the replica kinds have their own test.
+        let kinds: [FaultKind; 6] = FaultKind::ALL[..6].try_into().expect("six kinds");
         let plan =
             |seed| Nemesis::new(seed, &kinds, Timing::default()).plan(Duration::from_secs(120));
         let a = plan(42);
@@ -535,6 +726,7 @@ mod tests {
             kind: FaultKind::PartitionCoordinator,
             targets: vec![Node::Participant(2), Node::Participant(4)],
             cut: Some(Cut::ParticipantToCoordinator),
+            pick: None,
         };
         assert_eq!(
             f.to_string(),
@@ -547,18 +739,126 @@ mod tests {
             kind: FaultKind::RestartAll,
             targets: vec![],
             cut: None,
+            pick: None,
         };
         assert_eq!(all.to_string(), "restart-all all nodes");
         assert_eq!(
             Fault::at(FaultKind::Wipe, Node::Participant(3)).to_string(),
             "wipe participant-3"
         );
+        // A pick reads as such until resolved, then as the replica.
+        let mut w = Fault {
+            kind: FaultKind::WipeCoordinator,
+            targets: vec![],
+            cut: None,
+            pick: Some(Pick::Follower(1)),
+        };
+        assert_eq!(w.to_string(), "wipe-coordinator a follower");
+        w.targets = vec![Node::Coordinator(3)];
+        assert_eq!(w.to_string(), "wipe-coordinator coordinator-3 (follower)");
+        let k = Fault::at(FaultKind::KillCoordinatorLeader, Node::Coordinator(1));
+        assert_eq!(k.pick, Some(Pick::Leader));
+        assert_eq!(k.to_string(), "kill-coordinator-leader coordinator");
+    }
+
+    fn replica(id: u32, role: &str) -> ReplicaStatus {
+        ReplicaStatus {
+            id,
+            address: format!("127.0.0.1:{}", 7700 + 10 * (id - 1)),
+            reachable: true,
+            role: role.into(),
+            term: 4,
+            applied: 17,
+        }
+    }
+
+    #[test]
+    fn the_leader_and_a_follower_are_picked_from_a_status() {
+        let s = vec![
+            replica(1, "follower"),
+            replica(2, "leader"),
+            replica(3, "follower"),
+        ];
+        assert_eq!(leader_of(&s), Some(2));
+        assert_eq!(pick_replica(&s, Pick::Leader), Some(2));
+        // Followers by rank in id order, the rank wrapping around.
+        assert_eq!(pick_replica(&s, Pick::Follower(0)), Some(1));
+        assert_eq!(pick_replica(&s, Pick::Follower(1)), Some(3));
+        assert_eq!(pick_replica(&s, Pick::Follower(2)), Some(1));
+        // Out of order in the list: same answer.
+        let shuffled = vec![s[2].clone(), s[0].clone(), s[1].clone()];
+        assert_eq!(pick_replica(&shuffled, Pick::Follower(0)), Some(1));
+        assert_eq!(leader_of(&shuffled), Some(2));
+        // No leader, or two claiming it: nothing is picked.
+        let none = vec![replica(1, "follower"), replica(2, "follower")];
+        assert_eq!(leader_of(&none), None);
+        assert_eq!(pick_replica(&none, Pick::Follower(0)), None);
+        let two = vec![replica(1, "leader"), replica(2, "leader")];
+        assert_eq!(leader_of(&two), None);
+        assert_eq!(leader_of(&[]), None);
+        // A lone leader has no follower to pick.
+        let lone = vec![replica(1, "leader")];
+        assert_eq!(pick_replica(&lone, Pick::Leader), Some(1));
+        assert_eq!(pick_replica(&lone, Pick::Follower(0)), None);
+    }
+
+    #[test]
+    fn schedule_with_coordinator_replicas() {
+        let t = Timing::default();
+        // One replica: the same schedule as without saying so.
+        let kinds = FaultKind::ALL;
+        assert_eq!(
+            Nemesis::new(5, &kinds, t).plan(Duration::from_secs(300)),
+            Nemesis::new(5, &kinds, t)
+                .with_coordinators(1)
+                .plan(Duration::from_secs(300))
+        );
+        let long = Nemesis::new(5, &kinds, t)
+            .with_coordinators(3)
+            .plan(Duration::from_secs(1200));
+        let mut hit: Vec<Node> = long
+            .iter()
+            .filter(|f| f.fault.kind == FaultKind::Kill)
+            .flat_map(|f| f.fault.targets.clone())
+            .collect();
+        hit.sort();
+        hit.dedup();
+        assert_eq!(
+            hit.len(),
+            8,
+            "kill hits every replica and participant: {hit:?}"
+        );
+        let mut picks = Vec::new();
+        for f in &long {
+            if f.fault.kind.hits_coordinator_replica() {
+                // Resolved at injection time: no target yet.
+                assert!(f.fault.targets.is_empty(), "{f}");
+                let p = f.fault.pick.expect("a pick");
+                if f.fault.kind != FaultKind::WipeCoordinator {
+                    assert_eq!(p, Pick::Leader, "{f}");
+                }
+                if f.fault.kind == FaultKind::WipeCoordinator {
+                    picks.push(p);
+                }
+            } else {
+                assert_eq!(f.fault.pick, None, "{f}");
+            }
+        }
+        picks.sort();
+        picks.dedup();
+        assert_eq!(
+            picks,
+            [Pick::Leader, Pick::Follower(0), Pick::Follower(1)],
+            "wipe-coordinator picks the leader and both followers"
+        );
     }
 
     #[test]
     fn fault_windows_overlap() {
-        let r = FaultRecord {
+        let mut r = FaultRecord {
             fault: Fault::at(FaultKind::Kill, Node::Participant(2)),
+            leader_before: None,
+            leader_after: None,
             injected: Duration::from_secs(10),
             healed: Some(Duration::from_secs(12)),
             rejoins: vec![],
@@ -573,6 +873,13 @@ mod tests {
         assert_eq!(
             r.to_string(),
             "kill participant-2 at 10.000s, healed at 12.000s"
+        );
+        r.leader_before = Some(Node::Coordinator(2));
+        r.leader_after = Some(Node::Coordinator(3));
+        assert!(
+            r.to_string()
+                .ends_with("(leader coordinator-2, then coordinator-3)"),
+            "{r}"
         );
     }
 }

@@ -21,7 +21,12 @@
 //! Ok at a replica the fault did not target), measured between completion
 //! times and the window's ends; and how long each node the heal brought
 //! back took to answer as ready (for a participant: caught up and
-//! rejoined). The longest gaps over the whole run are reported too.
+//! rejoined; for a coordinator replica: following the leader, a wiped one
+//! with its log caught up). The longest gaps over the whole run are
+//! reported too, and a summary by fault kind: its rejoin times are the
+//! participants', and for the coordinator-replica kinds the replica's.
+//! A coordinator replica hit by a fault is not a replica clients talk to,
+//! so it excludes no read from the gaps.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -235,6 +240,8 @@ pub struct Check {
 pub struct ChaosReport {
     /// `local` or `docker`.
     pub backend: String,
+    /// Coordinator replicas the cluster ran.
+    pub coordinators: u32,
     /// The seed of the workload and the nemesis.
     pub seed: u64,
     /// How long the workload ran.
@@ -306,7 +313,8 @@ impl ChaosReport {
     }
 
     /// Per fault kind: (faults, longest no-write, longest no-read, the
-    /// participants' rejoin times).
+    /// rejoin times: the participants', or for a coordinator-replica kind
+    /// the coordinator replicas').
     pub fn availability_by_kind(
         &self,
     ) -> BTreeMap<FaultKind, (usize, Duration, Duration, Vec<Duration>)> {
@@ -320,10 +328,11 @@ impl ChaosReport {
             e.0 += 1;
             e.1 = e.1.max(g.no_write.len);
             e.2 = e.2.max(g.no_read.len);
+            let replica_kind = f.kind().hits_coordinator_replica();
             e.3.extend(
                 f.rejoins
                     .iter()
-                    .filter(|r| matches!(r.node, Node::Participant(_)))
+                    .filter(|r| matches!(r.node, Node::Coordinator(_)) == replica_kind)
                     .map(|r| r.after),
             );
         }
@@ -344,6 +353,9 @@ impl ChaosReport {
                     "kind": f.kind().to_string(),
                     "targets": f.fault.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
                     "cut": f.fault.cut.map(|c| c.to_string()),
+                    "pick": f.fault.pick.map(|p| p.to_string()),
+                    "leader_before": f.leader_before.map(|n| n.to_string()),
+                    "leader_after": f.leader_after.map(|n| n.to_string()),
                     "injected_s": secs(f.injected),
                     "healed_s": f.healed.map(secs),
                     "errors": f.errors,
@@ -366,6 +378,7 @@ impl ChaosReport {
             .collect();
         json!({
             "backend": self.backend,
+            "coordinators": self.coordinators,
             "seed": self.seed,
             "ran_s": secs(self.ran),
             "clients": self.clients,
@@ -502,7 +515,8 @@ impl ChaosReport {
             }
             writeln!(
                 f,
-                "availability by fault kind (participants' catch-up/rejoin after heal):"
+                "availability by fault kind (rejoin after heal: participants' catch-up; \
+                 for the coordinator-replica kinds the replica's):"
             )?;
             for (kind, (n, w, rd, rejoins)) in self.availability_by_kind() {
                 let rejoin = match rejoins.iter().max() {
@@ -515,11 +529,12 @@ impl ChaosReport {
                             rejoins.len()
                         )
                     }
+                    None if kind.hits_coordinator_replica() => "no replica returned".to_string(),
                     None => "no participant returned".to_string(),
                 };
                 writeln!(
                     f,
-                    "  {:<22} {n:>3} faults  longest no write {:>9}  no read {:>9}  {rejoin}",
+                    "  {:<28} {n:>3} faults  longest no write {:>9}  no read {:>9}  {rejoin}",
                     kind.to_string(),
                     s(w),
                     s(rd)
@@ -541,8 +556,9 @@ impl fmt::Display for ChaosReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "quintet-chaos: backend {}, seed {}, ran {:.1}s, {} clients, {} keys",
+            "quintet-chaos: backend {}, {} coordinator replica(s), seed {}, ran {:.1}s, {} clients, {} keys",
             self.backend,
+            self.coordinators.max(1),
             self.seed,
             self.ran.as_secs_f64(),
             self.clients,
@@ -784,7 +800,10 @@ mod tests {
                     kind: FaultKind::PartitionCoordinator,
                     targets: vec![Node::Participant(2)],
                     cut: Some(Cut::CoordinatorToParticipant),
+                    pick: None,
                 },
+                leader_before: None,
+                leader_after: None,
                 injected: s(900),
                 healed: Some(s(2500)),
                 rejoins: vec![Rejoin {
@@ -796,6 +815,8 @@ mod tests {
             // Healed after the run: its window ends with the workload.
             FaultRecord {
                 fault: Fault::at(FaultKind::Wipe, Node::Participant(3)),
+                leader_before: None,
+                leader_after: None,
                 injected: s(5000),
                 healed: None,
                 rejoins: vec![],
