@@ -5,7 +5,8 @@
 //! [`super::docker::DockerBackend`] with the Docker CLI on the containers of
 //! a compose project. Every method is bounded in time: a heal that cannot
 //! bring a node back within its timeout returns an error (the runner logs
-//! it and goes on; the final convergence check then fails, naming the
+//! it, then tries [`Backend::heal_all`] before the next fault; a node that
+//! stays down makes the final convergence check fail, naming the
 //! replica).
 //!
 //! A heal waits until every node it brings back answers `health` as ready

@@ -32,6 +32,8 @@
 //!    right before ([`backend::leader_replicas`]) and records which replica
 //!    led before the injection and after the heal. A kind the backend or
 //!    the number of replicas does not allow is named at start and left out.
+//!    A heal that fails is recorded with its error and followed by a heal
+//!    of the whole cluster, so the next fault again finds every node up.
 //!    A heal returns once the nodes it brought back answer `health` as
 //!    ready; for a participant that means caught up, a member again and
 //!    holding a lease, for a coordinator replica the leader serving or a
@@ -381,6 +383,21 @@ async fn run_nemesis<B: Backend>(
             Err(e) => {
                 println!("{} heal {} failed: {e:#}", stamp(t0), f.fault);
                 rec.errors.push(format!("heal: {e:#}"));
+                // One fault at a time: bring the whole cluster back before
+                // the next, so it is not measured against a node still down.
+                println!("{} restoring the whole cluster", stamp(t0));
+                match backend.heal_all().await {
+                    Ok(warnings) => {
+                        rec.healed = Some(t0.elapsed());
+                        rec.errors
+                            .extend(warnings.into_iter().map(|w| format!("restore: {w}")));
+                        println!("{} cluster restored", stamp(t0));
+                    }
+                    Err(e) => {
+                        println!("{} restoring the cluster failed: {e:#}", stamp(t0));
+                        rec.errors.push(format!("restore: {e:#}"));
+                    }
+                }
             }
         }
         rec.leader_after = note_leader(status, coordinators).await;

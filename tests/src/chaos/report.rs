@@ -611,6 +611,11 @@ impl fmt::Display for ChaosReport {
                 String::new()
             }
         )?;
+        for (i, r) in self.faults.iter().enumerate() {
+            for e in &r.errors {
+                writeln!(f, "  fault #{} {}: {e}", i + 1, r.fault)?;
+            }
+        }
         for k in &self.skipped {
             writeln!(f, "  {k}: not available on this backend, skipped")?;
         }
@@ -878,6 +883,10 @@ mod tests {
         );
         assert!(text.contains("participant-2 1.250s"), "{text}");
         assert!(text.contains("heal failed"), "{text}");
+        assert!(
+            text.contains("  fault #2 wipe participant-3: heal: not ready"),
+            "{text}"
+        );
         assert!(
             text.contains("longest gaps of the run: no successful write 2.500s from 1.000s"),
             "{text}"
