@@ -92,6 +92,10 @@ pub trait Coord {
 pub trait CoordPeer {
     /// Raft messages from replica `from` (protobuf-encoded).
     async fn raft(from: u64, msgs: Vec<Vec<u8>>) -> Result<(), Error>;
+    /// The last index of the answering replica's log (0: it holds nothing),
+    /// asked by a replica that starts with an empty log, to tell a new
+    /// group from a wiped member of a running one.
+    async fn survey(from: u64) -> Result<u64, Error>;
 }
 
 /// Served by every quintet server.

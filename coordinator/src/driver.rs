@@ -92,8 +92,24 @@ pub enum Event {
     Raft(Vec<raft::eraftpb::Message>),
     /// Raft messages to this replica could not be delivered.
     Unreachable(u64),
+    /// Replica `from`, whose log is empty, asks for this one's last index.
+    Survey(u64, oneshot::Sender<u64>),
+    /// This replica, started with an empty log, heard enough from the
+    /// others to know whether the group is new.
+    Surveyed(Survey),
     /// Stop taking writes, finish the round in flight, flush and return.
     Stop,
+}
+
+/// What a replica that starts with an empty log learns from the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Survey {
+    /// A majority (counting this one) hold nothing: a new group, whose
+    /// members may vote from the start.
+    New,
+    /// Replica `from` holds entries up to `index`: this one was wiped (or
+    /// joins late) and votes only once it has caught up.
+    Rejoin { from: u64, index: u64 },
 }
 
 /// What the driver needs besides the replica and its log.
@@ -136,6 +152,7 @@ pub struct Driver {
     applied: Watermark,
     generation: u64,
     stopping: bool,
+    surveying: bool,
 }
 
 pub(crate) fn encode(record: &RaftRecord) -> Vec<u8> {
@@ -179,11 +196,15 @@ impl Driver {
             applied,
             generation: 0,
             stopping: false,
+            surveying: false,
         }
     }
 
     /// Runs until [`Event::Stop`] and the round in flight is over.
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
+        if self.replica.is_empty() && self.s.replicas.len() > 1 {
+            self.begin_survey();
+        }
         self.drive().await;
         let mut tick = tokio::time::interval(self.s.tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -230,6 +251,52 @@ impl Driver {
             committed = self.replica.state().committed,
             "coordinator stopped"
         );
+    }
+
+    /// Asks the other replicas for their logs before this empty one may
+    /// vote; see [`survey`].
+    fn begin_survey(&mut self) {
+        info!(
+            id = self.s.id,
+            "the decision log is empty; asking the other coordinator replicas whether the group is new before voting"
+        );
+        self.surveying = true;
+        self.replica.withhold_votes(true);
+        let peers: Vec<(u64, String)> = self
+            .s
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (i as u64 + 1, a.clone()))
+            .filter(|(id, _)| *id != self.s.id as u64)
+            .collect();
+        tokio::spawn(survey(self.s.id as u64, peers, self.tx.clone()));
+    }
+
+    fn surveyed(&mut self, outcome: Survey) {
+        if !self.surveying {
+            return;
+        }
+        self.surveying = false;
+        match outcome {
+            Survey::New => {
+                info!(
+                    id = self.s.id,
+                    "a majority of coordinator replicas hold no log: a new group, voting from the start"
+                );
+                self.replica.withhold_votes(false);
+            }
+            Survey::Rejoin { from, index } => {
+                if self.replica.is_withholding() {
+                    info!(
+                        id = self.s.id,
+                        from,
+                        index,
+                        "coordinator {from} holds a log up to {index} and this replica none: rejoining as a follower, voting again once caught up"
+                    );
+                }
+            }
+        }
     }
 
     /// Refuses new writes and gives the round in flight a bounded time to
@@ -290,6 +357,15 @@ impl Driver {
                 let _ = reply.send(self.health());
                 Vec::new()
             }
+            Event::Survey(from, reply) => {
+                self.replica.peer_emptied(from);
+                let _ = reply.send(self.replica.last_index());
+                Vec::new()
+            }
+            Event::Surveyed(outcome) => {
+                self.surveyed(outcome);
+                Vec::new()
+            }
             Event::Status(reply) => {
                 let answer = match &self.sm {
                     Some(sm) => {
@@ -346,6 +422,8 @@ impl Driver {
         let leader = self.replica.leader();
         let detail = if self.stopping {
             "stopping".to_string()
+        } else if self.surveying {
+            "empty log: asking the other coordinator replicas whether the group is new".to_string()
         } else if serving {
             String::new()
         } else if self.replica.is_leader() {
@@ -663,6 +741,70 @@ fn reply_not_leader(ev: Event, e: Error) {
             let _ = reply.send(Err(e));
         }
         _ => {}
+    }
+}
+
+/// Asks every other replica for its last log index, in rounds, until one
+/// holds entries ([`Survey::Rejoin`]) or a majority counting this replica
+/// hold none ([`Survey::New`]). A round waits for every answer (or its
+/// timeout), so a live replica with a log is heard before a new group is
+/// declared by the empty ones.
+async fn survey(me: u64, peers: Vec<(u64, String)>, events: mpsc::UnboundedSender<Event>) {
+    let links: Vec<(u64, Arc<ReplicaLink>)> = peers
+        .into_iter()
+        .map(|(id, a)| {
+            (
+                id,
+                Arc::new(ReplicaLink::new(a, Duration::from_millis(500))),
+            )
+        })
+        .collect();
+    let group = links.len() + 1;
+    let majority = group / 2 + 1;
+    let started = Instant::now();
+    let mut said = Instant::now();
+    loop {
+        let answers = futures::future::join_all(links.iter().map(|(id, link)| {
+            let link = link.clone();
+            async move {
+                let ctx = context_with_timeout(Duration::from_secs(1));
+                let got = link
+                    .call(|ch| async move { coord_peer_conn(ch).survey(ctx, me).await })
+                    .await;
+                let index = match got {
+                    Ok(Ok(index)) => Some(index),
+                    _ => None,
+                };
+                (*id, index)
+            }
+        }))
+        .await;
+        if let Some((from, index)) = answers
+            .iter()
+            .filter_map(|(id, a)| a.filter(|&i| i > 0).map(|i| (*id, i)))
+            .max_by_key(|&(_, i)| i)
+        {
+            let _ = events.send(Event::Surveyed(Survey::Rejoin { from, index }));
+            return;
+        }
+        let empty = 1 + answers.iter().filter(|(_, a)| *a == Some(0)).count();
+        if empty >= majority {
+            let _ = events.send(Event::Surveyed(Survey::New));
+            return;
+        }
+        if said.elapsed() >= Duration::from_secs(5) {
+            said = Instant::now();
+            warn!(
+                heard = empty - 1,
+                needed = majority - 1,
+                waited_s = started.elapsed().as_secs(),
+                "waiting for more coordinator replicas to answer before this empty one may vote"
+            );
+        }
+        if events.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

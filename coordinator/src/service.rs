@@ -155,4 +155,8 @@ impl CoordPeer for Handler {
             .send(Event::Raft(decoded))
             .map_err(|_| stopped())
     }
+
+    async fn survey(self, _: Context, from: u64) -> Result<u64, Error> {
+        self.ask(|tx| Event::Survey(from, tx)).await
+    }
 }

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use quintet_common::protocol::coordinator::{Record, Recovered};
-use raft::eraftpb::{Entry, EntryType, Message};
+use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use raft::{Config, RawNode, Ready, StateRole};
 
 use super::store::{RaftRecord, RaftStore};
@@ -87,6 +87,17 @@ pub struct Replica {
     opened_at: Option<u64>,
     /// This leader's proposals not applied yet: index -> term.
     mine: BTreeMap<u64, u64>,
+    /// Casts no vote and starts no election (see [`Replica::withhold_votes`]).
+    withholding: bool,
+    /// Highest commit index a leader has told this replica.
+    leader_commit: u64,
+}
+
+fn is_vote_request(m: &Message) -> bool {
+    matches!(
+        m.get_msg_type(),
+        MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+    )
 }
 
 /// A slog drain that forwards raft-rs's log lines to `tracing`.
@@ -172,7 +183,34 @@ impl Replica {
             role: StateRole::Follower,
             opened_at: None,
             mine: BTreeMap::new(),
+            withholding: false,
+            leader_commit: 0,
         })
+    }
+
+    /// Whether the log is empty (a new replica, or a wiped one).
+    pub fn is_empty(&self) -> bool {
+        let store = self.raw.store();
+        store.len() == 0 && store.latest_snapshot().get_metadata().index == 0
+    }
+
+    /// The last index of the log.
+    pub fn last_index(&self) -> u64 {
+        self.raw.raft.raft_log.last_index()
+    }
+
+    /// Makes this replica neither vote nor stand for election (`true`)
+    /// until it has applied everything a leader says is committed, or
+    /// until told otherwise (`false`). A replica whose log was wiped lost
+    /// its votes and its entries; voting at once could hand a stale
+    /// candidate the majority and erase committed decisions.
+    pub fn withhold_votes(&mut self, withhold: bool) {
+        self.withholding = withhold;
+    }
+
+    /// Whether votes are withheld.
+    pub fn is_withholding(&self) -> bool {
+        self.withholding
     }
 
     /// The decision state folded from every applied record.
@@ -221,14 +259,61 @@ impl Replica {
     }
 
     /// A message from a peer.
-    pub fn step(&mut self, msg: Message) {
+    pub fn step(&mut self, mut msg: Message) {
+        if self.withholding && is_vote_request(&msg) {
+            return;
+        }
+        if matches!(
+            msg.get_msg_type(),
+            MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+        ) {
+            self.leader_commit = self.leader_commit.max(msg.commit);
+            if msg.get_msg_type() == MessageType::MsgSnapshot {
+                self.leader_commit = self
+                    .leader_commit
+                    .max(msg.get_snapshot().get_metadata().index);
+            }
+        }
+        // A leader that has not heard this replica was wiped still
+        // believes it holds what it acknowledged and sends that as the
+        // commit; raft-rs takes a commit past the log's end for a bug.
+        // This replica commits no further than it holds.
+        let last = self.raw.raft.raft_log.last_index();
+        if msg.get_msg_type() == MessageType::MsgHeartbeat && msg.commit > last {
+            msg.commit = last;
+        }
         if let Err(e) = self.raw.step(msg) {
             tracing::debug!(error = %e, "Raft message dropped");
         }
     }
 
+    /// Replica `id` says its log is empty (it was wiped). A leader forgets
+    /// what it matched there and probes it from the start, so it gets the
+    /// log again (or the snapshot) instead of appends it cannot place.
+    pub fn peer_emptied(&mut self, id: u64) {
+        if self.raw.raft.state != StateRole::Leader || id == self.raw.raft.id {
+            return;
+        }
+        if let Some(pr) = self.raw.raft.mut_prs().get_mut(id)
+            && pr.matched > 0
+        {
+            tracing::info!(
+                peer = id,
+                matched = pr.matched,
+                "coordinator replica {id} lost its log; sending it the log again"
+            );
+            pr.matched = 0;
+            pr.become_probe();
+        }
+    }
+
     /// One Raft tick.
     pub fn tick(&mut self) {
+        // A withholding follower's election timer stands still: it must
+        // not campaign.
+        if self.withholding && self.role == StateRole::Follower {
+            return;
+        }
         self.raw.tick();
     }
 
@@ -273,7 +358,26 @@ impl Replica {
             io.persist.push(RaftRecord::hard_state(hs));
         }
         io.send_after = rd.take_persisted_messages();
+        self.filter_votes(&mut io);
         Some((rd, io))
+    }
+
+    /// While withholding, drops this replica's own vote requests, and stops
+    /// withholding once it has applied what a leader says is committed.
+    fn filter_votes(&mut self, io: &mut Io) {
+        if !self.withholding {
+            return;
+        }
+        if self.leader_commit > 0 && self.applied >= self.leader_commit {
+            self.withholding = false;
+            tracing::info!(
+                applied = self.applied,
+                "caught up with the coordinator leader's log; this replica votes again"
+            );
+            return;
+        }
+        io.send_now.retain(|m| !is_vote_request(m));
+        io.send_after.retain(|m| !is_vote_request(m));
     }
 
     /// Completes a Ready whose `persist` is durable and whose messages went.
@@ -289,6 +393,7 @@ impl Replica {
         io.send_now = light.take_messages();
         self.apply_entries(light.take_committed_entries(), &mut io);
         self.raw.advance_apply();
+        self.filter_votes(&mut io);
         io
     }
 

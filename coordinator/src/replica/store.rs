@@ -268,9 +268,11 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
+        let mut e = Entry {
+            index,
+            term,
+            ..Default::default()
+        };
         e.set_data(vec![index as u8].into());
         e
     }
@@ -288,9 +290,11 @@ mod tests {
         assert_eq!(s.term(3).unwrap(), 1);
         assert_eq!(s.term(5).unwrap(), 2);
         assert_eq!(s.last_index().unwrap(), 6);
-        let mut hs = HardState::default();
-        hs.term = 2;
-        hs.commit = 5;
+        let hs = HardState {
+            term: 2,
+            commit: 5,
+            ..Default::default()
+        };
         s.set_hard_state(hs.clone());
         log.push(RaftRecord::hard_state(&hs));
         let snap = s.compact(4, b"state at 4".to_vec()).unwrap();
