@@ -17,5 +17,6 @@ pub mod duration;
 pub mod identity;
 pub mod net;
 pub mod protocol;
+pub mod server_id;
 pub mod shutdown;
 pub mod telemetry;

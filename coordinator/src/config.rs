@@ -16,8 +16,9 @@ pub struct Config {
     #[arg(long, env = "QUINTET_LISTEN", default_value = "127.0.0.1:7700")]
     pub listen: String,
 
-    /// This replica's id: its position (from 1) in --coordinators.
-    #[arg(long, env = "QUINTET_COORDINATOR_ID", default_value_t = 1)]
+    /// This replica's id: its position (from 1) in --coordinators
+    /// ('hostname': the N of a host name ending in -N, plus one, as in a StatefulSet).
+    #[arg(long, env = "QUINTET_COORDINATOR_ID", default_value = "1", value_parser = quintet_common::server_id::parse)]
     pub id: u32,
 
     /// Every coordinator replica's address, comma-separated, in id order:

@@ -12,8 +12,9 @@ use quintet_common::types::{DEFAULT_MAX_VALUE_LEN, MAX_PARTICIPANTS, NodeId};
 #[derive(Parser, Debug, Clone)]
 #[command(name = "quintet-participant", version)]
 pub struct Config {
-    /// This replica's id, 1..=7: its position in the coordinator's --participants list.
-    #[arg(long, env = "QUINTET_ID", value_parser = clap::value_parser!(u32).range(1..=MAX_PARTICIPANTS as i64))]
+    /// This replica's id, 1..=7: its position in the coordinator's --participants list
+    /// ('hostname': the N of a host name ending in -N, plus one, as in a StatefulSet).
+    #[arg(long, env = "QUINTET_ID", value_parser = parse_id)]
     pub id: NodeId,
 
     /// Address to serve clients and the coordinator on [default: 127.0.0.1:770ID].
@@ -105,4 +106,14 @@ impl Config {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     quintet_common::duration::parse(s)
+}
+
+fn parse_id(s: &str) -> Result<NodeId, String> {
+    let id = quintet_common::server_id::parse(s)?;
+    if id as usize > MAX_PARTICIPANTS {
+        return Err(format!(
+            "participant id {id} is out of range: give 1 to {MAX_PARTICIPANTS}"
+        ));
+    }
+    Ok(id)
 }
