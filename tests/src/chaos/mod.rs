@@ -47,7 +47,9 @@
 //!    and the coordinator (its leader) has no queued write or round in
 //!    flight (so no unknown write can still land after the final reads);
 //!    with several coordinator replicas, the leader also reports every
-//!    replica reachable with its log at the leader's applied index.
+//!    replica reachable with its log at the leader's applied index (a
+//!    replica log that does not get there fails the convergence check but
+//!    does not hold up the final reads).
 //! 5. **Read back.** Every key of the key space at every replica
 //!    (serializable reads: after convergence they are exact), then status
 //!    again to make sure nothing moved in between.
@@ -457,14 +459,22 @@ fn describe_replicas(replicas: &[quintet_common::rpc::ReplicaStatus]) -> String 
 }
 
 /// A converged cluster: the participants' statuses, and with several
-/// coordinator replicas how many there are and the log index all are at.
-type Converged = (Vec<ParticipantStatus>, Option<(usize, u64)>);
+/// coordinator replicas their decision log: `Ok(Some((replicas, index)))`
+/// when every one is at the leader's index, `Err` describing them when
+/// not (`Ok(None)`: a single coordinator).
+type Converged = (Vec<ParticipantStatus>, Result<Option<(usize, u64)>, String>);
 
 /// Waits until every replica is at the same version and digest with
-/// nothing pending, and the coordinator is idle (with several replicas:
-/// all of them at the leader's log index). `Err` describes the last state
-/// seen.
-async fn wait_converged(client: &Client, timeout: Duration) -> Result<Converged, String> {
+/// nothing pending, and the coordinator is idle; with several coordinator
+/// replicas also (when `wait_for_log`) until all of them are at the
+/// leader's log index. Participants that converged with a replica log that
+/// did not are `Ok` with the log's `Err`, so the final reads still happen;
+/// `Err` describes the last state seen otherwise.
+async fn wait_converged(
+    client: &Client,
+    timeout: Duration,
+    wait_for_log: bool,
+) -> Result<Converged, String> {
     let deadline = Instant::now() + timeout;
     loop {
         let all = client.status_all().await;
@@ -477,7 +487,7 @@ async fn wait_converged(client: &Client, timeout: Duration) -> Result<Converged,
         let idle = matches!(&coord, Ok(c) if c.queued == 0 && c.in_flight.is_none());
         // With several replicas, the decision log has converged too: the
         // leader hears every replica and has its log where its own is.
-        let (replicas, log) = match &coord {
+        let log = match &coord {
             Ok(c) if c.replicas.len() > 1 => {
                 let leader = nemesis::leader_of(&c.replicas);
                 let at = c
@@ -485,17 +495,23 @@ async fn wait_converged(client: &Client, timeout: Duration) -> Result<Converged,
                     .iter()
                     .find(|r| Some(r.id) == leader)
                     .map(|r| r.applied);
-                (
-                    at.is_some_and(|at| c.replicas.iter().all(|r| r.reachable && r.applied == at)),
-                    at.map(|at| (c.replicas.len(), at)),
-                )
+                match at {
+                    Some(at) if c.replicas.iter().all(|r| r.reachable && r.applied == at) => {
+                        Ok(Some((c.replicas.len(), at)))
+                    }
+                    _ => Err(format!(
+                        "coordinator replicas not at one log index{}",
+                        describe_replicas(&c.replicas)
+                    )),
+                }
             }
-            _ => (true, None),
+            _ => Ok(None),
         };
-        if same && idle && replicas {
+        let timed_out = Instant::now() >= deadline;
+        if same && idle && (log.is_ok() || !wait_for_log || timed_out) {
             return Ok((ok.into_iter().cloned().collect(), log));
         }
-        if Instant::now() >= deadline {
+        if timed_out {
             let c = match coord {
                 Ok(c) => format!(
                     "coordinator: epoch {} committed {} queued {} in flight {:?}{}",
@@ -658,12 +674,17 @@ pub async fn run_with<B: Backend>(args: &Args, backend: &mut B) -> anyhow::Resul
     }
 
     // Convergence, then the final reads, then the same state again.
-    let mut converged = wait_converged(&client, args.converge_timeout).await;
+    let mut converged = wait_converged(&client, args.converge_timeout, true).await;
+    // The replica log as the first wait saw it (the later waits do not wait for it again).
+    let log = match &converged {
+        Ok((_, log)) => log.clone(),
+        Err(_) => Ok(None),
+    };
     let mut finals = Err("replicas did not converge".to_string());
     for _ in 0..3 {
         let Ok((before, _)) = &converged else { break };
         finals = read_back(&client, &spec, endpoints.len()).await;
-        let after = wait_converged(&client, args.converge_timeout).await;
+        let after = wait_converged(&client, args.converge_timeout, false).await;
         let same = matches!(&after, Ok((a, _)) if a.iter().zip(before).all(|(x, y)| x.applied == y.applied && x.digest == y.digest));
         converged = after;
         if same {
@@ -729,18 +750,28 @@ pub async fn run_with<B: Backend>(args: &Args, backend: &mut B) -> anyhow::Resul
 
     // (3) Convergence.
     let (passed, detail) = match &converged {
-        Ok((s, log)) => (
-            true,
-            format!(
-                "{} replicas at version {} with digest {}{}",
+        Ok((s, _)) => {
+            let participants = format!(
+                "{} replicas at version {} with digest {}",
                 s.len(),
                 s.first().map_or(0, |s| s.applied),
                 s.first().map_or("-", |s| s.digest.as_str()),
-                log.map_or(String::new(), |(n, at)| format!(
-                    "; {n} coordinator replicas at log index {at}"
-                ))
-            ),
-        ),
+            );
+            match &log {
+                Ok(None) => (true, participants),
+                Ok(Some((n, at))) => (
+                    true,
+                    format!("{participants}; {n} coordinator replicas at log index {at}"),
+                ),
+                Err(e) => (
+                    false,
+                    format!(
+                        "{participants}, but not within {:?}: {e}",
+                        args.converge_timeout
+                    ),
+                ),
+            }
+        }
         Err(e) => (
             false,
             format!("not converged within {:?}: {e}", args.converge_timeout),
