@@ -90,12 +90,19 @@ pub trait Coord {
 /// Raft between coordinator replicas.
 #[tarpc::service]
 pub trait CoordPeer {
-    /// Raft messages from replica `from` (protobuf-encoded).
-    async fn raft(from: u64, msgs: Vec<Vec<u8>>) -> Result<(), Error>;
+    /// Raft messages from replica `from` (protobuf-encoded) of the group
+    /// that runs `cluster` (0 while the sender does not know it yet); a
+    /// replica of another cluster drops them.
+    async fn raft(from: u64, cluster: u64, msgs: Vec<Vec<u8>>) -> Result<(), Error>;
     /// The last index of the answering replica's log (0: it holds nothing),
     /// asked by a replica that starts with an empty log, to tell a new
     /// group from a wiped member of a running one.
     async fn survey(from: u64) -> Result<u64, Error>;
+    /// Replica `id`, reached at `address`, asks to join the group. The
+    /// leader adds it as a learner and answers once that is committed (or
+    /// at once if it is a member already); it becomes a voter when it has
+    /// caught up. The answer gives every member's id and address.
+    async fn join(id: u64, address: String) -> Result<Vec<(u64, String)>, Error>;
 }
 
 /// Served by every quintet server.

@@ -27,6 +27,23 @@ pub struct Config {
     #[arg(long, env = "QUINTET_COORDINATORS", value_delimiter = ',')]
     pub coordinators: Vec<String>,
 
+    /// Addresses of running coordinator replicas, comma-separated: with an
+    /// empty data dir, this replica asks their leader to add it to the
+    /// group (it copies the log, then votes); with a log, it is a member
+    /// already and this is ignored. Instead of --coordinators.
+    #[arg(
+        long,
+        env = "QUINTET_JOIN",
+        value_delimiter = ',',
+        conflicts_with = "coordinators"
+    )]
+    pub join: Vec<String>,
+
+    /// The address the other coordinator replicas (and tools) reach this
+    /// one at [default: its entry in --coordinators, else --listen].
+    #[arg(long, env = "QUINTET_ADVERTISE")]
+    pub advertise: Option<String>,
+
     /// Participant addresses, comma-separated; their order gives the ids 1..=N.
     #[arg(
         long,
@@ -74,6 +91,11 @@ pub struct Config {
     #[arg(long, env = "QUINTET_COMPACT_MIB", default_value_t = 64)]
     pub compact_mib: u64,
 
+    /// Also compact the Raft log (to a snapshot) once it holds this many
+    /// entries.
+    #[arg(long, env = "QUINTET_COMPACT_ENTRIES", default_value_t = 50_000)]
+    pub compact_entries: usize,
+
     /// Log format.
     #[arg(long, env = "QUINTET_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -90,6 +112,17 @@ impl Config {
                 .map(|a| a.trim().to_string())
                 .collect()
         }
+    }
+
+    /// The address this replica is reached at, after defaults.
+    pub fn advertise(&self) -> String {
+        if let Some(a) = &self.advertise {
+            return a.trim().to_string();
+        }
+        self.replicas()
+            .get((self.id as usize).wrapping_sub(1))
+            .cloned()
+            .unwrap_or_else(|| self.listen.clone())
     }
 
     /// `--min-participants` after its default.
@@ -118,11 +151,34 @@ impl Config {
         if let Some(empty) = r.iter().position(|a| a.is_empty()) {
             anyhow::bail!("--coordinators entry {} is empty", empty + 1);
         }
-        if self.id == 0 || self.id as usize > r.len() {
+        if !self.join.is_empty() {
+            if let Some(empty) = self.join.iter().position(|a| a.trim().is_empty()) {
+                anyhow::bail!("--join entry {} is empty", empty + 1);
+            }
+            if self.id == 0 || self.id > 7 {
+                anyhow::bail!("--id {} is out of range: give 1 to 7", self.id);
+            }
+            let unspecified = ["0.0.0.0", "[::]", "::"];
+            if self.advertise.is_none() && unspecified.iter().any(|u| self.listen.starts_with(u)) {
+                anyhow::bail!(
+                    "--join needs --advertise: the address the other coordinator replicas reach this one at (--listen {} is not one)",
+                    self.listen
+                );
+            }
+        } else if self.id == 0 || self.id as usize > r.len() {
             anyhow::bail!(
                 "--id {} is out of range: --coordinators lists {} replicas, numbered from 1",
                 self.id,
                 r.len()
+            );
+        }
+        if let Some(a) = &self.advertise
+            && r.len() > 1
+            && r[self.id as usize - 1] != a.trim()
+        {
+            anyhow::bail!(
+                "--advertise {a} differs from this replica's entry {} in --coordinators; drop one of them",
+                r[self.id as usize - 1]
             );
         }
         if self.max_batch_ops == 0 {

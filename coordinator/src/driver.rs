@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
@@ -52,9 +53,6 @@ pub type ReplicaLink = Link<CoordinatorRequest, CoordinatorResponse>;
 
 /// Most queued inputs handled before a tick, so a flood cannot starve it.
 const MAX_BEFORE_TICK: usize = 4096;
-
-/// Compact the Raft log beyond this many entries.
-const COMPACT_ENTRIES: usize = 50_000;
 
 /// Inputs of the driver loop.
 pub enum Event {
@@ -88,8 +86,8 @@ pub enum Event {
     Status(oneshot::Sender<Result<CoordinatorStatus, Error>>),
     /// Health request.
     Health(oneshot::Sender<Health>),
-    /// Raft messages from another replica.
-    Raft(Vec<raft::eraftpb::Message>),
+    /// Raft messages from another replica (its id and cluster).
+    Raft(u64, u64, Vec<raft::eraftpb::Message>),
     /// Raft messages to this replica could not be delivered.
     Unreachable(u64),
     /// Replica `from`, whose log is empty, asks for this one's last index.
@@ -97,6 +95,10 @@ pub enum Event {
     /// This replica, started with an empty log, heard enough from the
     /// others to know whether the group is new.
     Surveyed(Survey),
+    /// A replica asks to be added to the group.
+    Join(u64, String, oneshot::Sender<JoinAnswer>),
+    /// The group's leader added this replica; these are the members.
+    Joined(Vec<(u64, String)>),
     /// Stop taking writes, finish the round in flight, flush and return.
     Stop,
 }
@@ -112,12 +114,18 @@ pub enum Survey {
     Rejoin { from: u64, index: u64 },
 }
 
+/// A leader's answer to a joining replica: every member's id and address.
+pub type JoinAnswer = Result<Vec<(u64, String)>, Error>;
+
 /// What the driver needs besides the replica and its log.
 pub struct Settings {
     /// This replica's id.
     pub id: u32,
-    /// Every replica's address, in id order.
-    pub replicas: Vec<String>,
+    /// The address the other replicas reach this one at.
+    pub advertise: String,
+    /// Replicas of a running group to ask to be added to, when the log is
+    /// empty (`--join`); empty for a founding member.
+    pub join: Vec<String>,
     /// Links to the participants.
     pub peers: BTreeMap<NodeId, Arc<PeerLink>>,
     /// The 2PC machine's configuration; its cluster is filled in from the
@@ -134,7 +142,15 @@ pub struct Settings {
     pub dir: PathBuf,
     /// Compact after this many bytes of log.
     pub compact_bytes: u64,
+    /// Compact after this many entries.
+    pub compact_entries: usize,
+    /// How long a new leader of a group of several voters waits before
+    /// dropping a member (see `coordinator::Config::takeover_wait`).
+    pub takeover_wait: Duration,
 }
+
+/// The queue of encoded Raft messages to one peer's sender task.
+type RaftOut = mpsc::UnboundedSender<Vec<Vec<u8>>>;
 
 /// Tells waiting sends when the record they follow is applied; the
 /// generation changes when leadership is lost, cancelling them.
@@ -148,11 +164,18 @@ pub struct Driver {
     cluster: Option<ClusterId>,
     log: LogWriter,
     tx: mpsc::UnboundedSender<Event>,
-    raft_out: BTreeMap<u64, mpsc::UnboundedSender<Vec<Vec<u8>>>>,
+    /// Per other member: the address its sender dials, and the sender.
+    raft_out: BTreeMap<u64, (String, RaftOut)>,
     applied: Watermark,
     generation: u64,
     stopping: bool,
     surveying: bool,
+    /// Members as a join answer gave them (see [`Driver::sync_peers`]).
+    bootstrap_peers: BTreeMap<u64, String>,
+    /// The cluster id this group runs, for the Raft senders (0: unknown).
+    cluster_tag: Arc<AtomicU64>,
+    /// When Raft messages of another cluster were last reported.
+    last_foreign: Option<Instant>,
 }
 
 pub(crate) fn encode(record: &RaftRecord) -> Vec<u8> {
@@ -173,38 +196,86 @@ impl Driver {
         tx: mpsc::UnboundedSender<Event>,
         s: Settings,
     ) -> Self {
-        let mut raft_out = BTreeMap::new();
-        for (i, addr) in s.replicas.iter().enumerate() {
-            let to = i as u64 + 1;
-            if to == s.id as u64 {
-                continue;
-            }
-            let (out, rx) = mpsc::unbounded_channel();
-            let link = Arc::new(ReplicaLink::new(addr.clone(), Duration::from_millis(500)));
-            tokio::spawn(raft_sender(s.id as u64, to, link, rx, tx.clone()));
-            raft_out.insert(to, out);
-        }
         let (applied, _) = watch::channel((0, replica.applied()));
-        Driver {
+        let mut driver = Driver {
             cluster: replica.state().cluster.or(s.identity_cluster),
             s,
             replica,
             sm: None,
             log,
             tx,
-            raft_out,
+            raft_out: BTreeMap::new(),
             applied,
             generation: 0,
             stopping: false,
             surveying: false,
+            bootstrap_peers: BTreeMap::new(),
+            cluster_tag: Arc::new(AtomicU64::new(0)),
+            last_foreign: None,
+        };
+        driver.sync_peers();
+        driver
+    }
+
+    /// Keeps one sender task per other member, at its current address.
+    fn sync_peers(&mut self) {
+        let me = self.s.id as u64;
+        // Until its snapshot arrives, a joining replica knows the members
+        // from the leader's answer only.
+        let mut members = self.bootstrap_peers.clone();
+        members.extend(self.replica.coordinators().clone());
+        self.raft_out
+            .retain(|id, (addr, _)| members.get(id).is_some_and(|a| a == addr));
+        for (&to, addr) in &members {
+            if to == me || self.raft_out.contains_key(&to) {
+                continue;
+            }
+            let (out, rx) = mpsc::unbounded_channel();
+            let link = Arc::new(ReplicaLink::new(addr.clone(), Duration::from_millis(500)));
+            tokio::spawn(raft_sender(
+                me,
+                to,
+                self.cluster_tag.clone(),
+                link,
+                rx,
+                self.tx.clone(),
+            ));
+            self.raft_out.insert(to, (addr.clone(), out));
         }
+    }
+
+    /// The cluster id this group runs, once known (0 before).
+    fn known_cluster(&self) -> u64 {
+        let c = self
+            .replica
+            .state()
+            .cluster
+            .or(self.cluster)
+            .map_or(0, |c| c.0);
+        self.cluster_tag.store(c, Ordering::Relaxed);
+        c
+    }
+
+    /// The address of member `id`, if known.
+    fn address_of(&self, id: u64) -> Option<&str> {
+        self.replica
+            .coordinators()
+            .get(&id)
+            .or_else(|| self.bootstrap_peers.get(&id))
+            .map(|a| a.as_str())
     }
 
     /// Runs until [`Event::Stop`] and the round in flight is over.
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
-        if self.replica.is_empty() && self.s.replicas.len() > 1 {
+        if self.replica.is_empty() && !self.s.join.is_empty() {
+            self.begin_join();
+        } else if self.replica.is_empty() && self.replica.voters().len() > 1 {
             self.begin_survey();
         }
+        self.drive().await;
+        // Only now, with every committed membership change applied, does
+        // this replica know whether it is alone.
+        self.replica.campaign_if_alone();
         self.drive().await;
         let mut tick = tokio::time::interval(self.s.tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -235,6 +306,7 @@ impl Driver {
                         }
                     }
                     self.replica.tick();
+                    self.maybe_promote();
                     let now = clock::now();
                     let actions = self.sm.as_mut().map(|sm| sm.tick(now)).unwrap_or_default();
                     self.execute(actions);
@@ -263,12 +335,11 @@ impl Driver {
         self.surveying = true;
         self.replica.withhold_votes(true);
         let peers: Vec<(u64, String)> = self
-            .s
-            .replicas
+            .replica
+            .coordinators()
             .iter()
-            .enumerate()
-            .map(|(i, a)| (i as u64 + 1, a.clone()))
-            .filter(|(id, _)| *id != self.s.id as u64)
+            .filter(|(id, _)| **id != self.s.id as u64)
+            .map(|(id, a)| (*id, a.clone()))
             .collect();
         tokio::spawn(survey(self.s.id as u64, peers, self.tx.clone()));
     }
@@ -299,6 +370,104 @@ impl Driver {
         }
     }
 
+    /// Asks a running group (`--join`) to add this empty replica; it copies
+    /// the log as a learner and votes once promoted and caught up.
+    fn begin_join(&mut self) {
+        info!(
+            id = self.s.id,
+            join = ?self.s.join,
+            advertise = %self.s.advertise,
+            "the decision log is empty; asking the running coordinator replicas to add this one"
+        );
+        self.replica.withhold_votes(true);
+        tokio::spawn(join(
+            self.s.id as u64,
+            self.s.join.clone(),
+            self.s.advertise.clone(),
+            self.tx.clone(),
+        ));
+    }
+
+    /// A replica asks to join (on the leader): adds it as a learner, and
+    /// answers once that is applied.
+    fn join(&mut self, id: u64, address: String, reply: oneshot::Sender<JoinAnswer>) {
+        if self.sm.is_none() {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        if id == self.s.id as u64 {
+            let _ = reply.send(Err(Error::ClusterMismatch(format!(
+                "coordinator id {id} is this replica (the leader at {}); give the joining replica another --id",
+                self.s.advertise
+            ))));
+            return;
+        }
+        let mut members: Vec<(u64, String)> = self
+            .replica
+            .coordinators()
+            .iter()
+            .map(|(id, a)| (*id, a.clone()))
+            .collect();
+        if let Some(known) = self.address_of(id) {
+            let answer = if known == address {
+                // A member asks to join only with an empty log (wiped).
+                self.replica.peer_emptied(id);
+                Ok(members)
+            } else {
+                Err(Error::ClusterMismatch(format!(
+                    "coordinator id {id} is already the replica at {known}; give the one at {address} another --id"
+                )))
+            };
+            let _ = reply.send(answer);
+            return;
+        }
+        if self.replica.changing_members() {
+            let _ = reply.send(Err(Error::Unavailable(
+                "another coordinator membership change is in progress; retry shortly".into(),
+            )));
+            return;
+        }
+        match self.replica.propose_member(id, &address, false) {
+            Ok(index) => {
+                info!(replica = id, %address, index, "adding coordinator replica as a learner");
+                let applied = self.wait_applied(index);
+                let not_leader = self.not_leader();
+                members.push((id, address));
+                tokio::spawn(async move {
+                    let answer = if applied.await {
+                        Ok(members)
+                    } else {
+                        Err(not_leader)
+                    };
+                    let _ = reply.send(answer);
+                });
+            }
+            Err(e) => {
+                let _ = reply.send(Err(Error::Unavailable(e)));
+            }
+        }
+    }
+
+    /// Promotes learners that have caught up (on the leader, one at a time).
+    fn maybe_promote(&mut self) {
+        if self.sm.is_none() {
+            return;
+        }
+        let Some(id) = self.replica.learners_caught_up().into_iter().next() else {
+            return;
+        };
+        let address = self.address_of(id).unwrap_or_default().to_string();
+        match self.replica.propose_member(id, &address, true) {
+            Ok(index) => info!(
+                replica = id,
+                %address,
+                index,
+                "coordinator replica caught up; making it a voter"
+            ),
+            Err(e) => warn!(replica = id, error = %e, "cannot promote the coordinator replica yet"),
+        }
+    }
+
     /// Refuses new writes and gives the round in flight a bounded time to
     /// finish (once).
     fn begin_stop(&mut self, stop_deadline: &mut Option<Instant>) {
@@ -313,10 +482,7 @@ impl Driver {
 
     fn not_leader(&self) -> Error {
         let leader = self.replica.leader();
-        let addr = (leader > 0)
-            .then(|| self.s.replicas.get(leader as usize - 1).cloned())
-            .flatten()
-            .unwrap_or_default();
+        let addr = self.address_of(leader).unwrap_or_default().to_string();
         let detail = if self.replica.is_leader() {
             format!(
                 "coordinator {} was just elected and is still applying the log; retry",
@@ -343,7 +509,23 @@ impl Driver {
         let now = clock::now();
         let generation = self.generation;
         let actions = match ev {
-            Event::Raft(msgs) => {
+            Event::Raft(from, cluster, msgs) => {
+                let mine = self.known_cluster();
+                if cluster != 0 && mine != 0 && cluster != mine {
+                    if self
+                        .last_foreign
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+                    {
+                        self.last_foreign = Some(Instant::now());
+                        warn!(
+                            from,
+                            theirs = %ClusterId(cluster),
+                            ours = %ClusterId(mine),
+                            "dropping Raft messages from a coordinator replica of another cluster; check --coordinators/--join and the data dirs"
+                        );
+                    }
+                    return;
+                }
                 for m in msgs {
                     self.replica.step(m);
                 }
@@ -364,6 +546,15 @@ impl Driver {
             }
             Event::Surveyed(outcome) => {
                 self.surveyed(outcome);
+                Vec::new()
+            }
+            Event::Join(id, address, reply) => {
+                self.join(id, address, reply);
+                Vec::new()
+            }
+            Event::Joined(members) => {
+                self.bootstrap_peers = members.into_iter().collect();
+                self.sync_peers();
                 Vec::new()
             }
             Event::Status(reply) => {
@@ -448,19 +639,25 @@ impl Driver {
     fn replicas_status(&self) -> Vec<ReplicaStatus> {
         let term = self.replica.term();
         let progress = self.replica.progress();
-        self.s
-            .replicas
+        let learners = self.replica.learners();
+        self.replica
+            .coordinators()
             .iter()
-            .enumerate()
-            .map(|(i, addr)| {
-                let id = i as u64 + 1;
+            .map(|(&id, addr)| {
                 let me = id == self.s.id as u64;
                 let p = progress.iter().find(|p| p.id == id);
+                let role = if me {
+                    "leader"
+                } else if learners.contains(&id) {
+                    "learner"
+                } else {
+                    "follower"
+                };
                 ReplicaStatus {
                     id: id as u32,
                     address: addr.clone(),
                     reachable: me || p.is_some_and(|p| p.active),
-                    role: if me { "leader" } else { "follower" }.into(),
+                    role: role.into(),
                     term,
                     applied: if me {
                         self.replica.applied()
@@ -482,6 +679,7 @@ impl Driver {
                 send_after,
                 applied,
                 role,
+                members_changed,
             } = io;
             self.send_raft(send_now);
             if !persist.is_empty() {
@@ -503,6 +701,10 @@ impl Driver {
             }
             self.send_raft(io.send_now);
             self.on_applied(io.applied);
+            if members_changed || io.members_changed {
+                self.sync_peers();
+            }
+            self.known_cluster();
             self.maybe_serve();
         }
         self.maybe_compact();
@@ -515,7 +717,7 @@ impl Driver {
             by_peer.entry(m.to).or_default().push(bytes);
         }
         for (to, batch) in by_peer {
-            if let Some(out) = self.raft_out.get(&to) {
+            if let Some((_, out)) = self.raft_out.get(&to) {
                 let _ = out.send(batch);
             }
         }
@@ -569,8 +771,15 @@ impl Driver {
             }
         }
         self.cluster = Some(cluster);
+        // A lone voter has no predecessor that could still be granting.
+        let takeover_wait = if self.replica.voters().len() > 1 {
+            self.s.takeover_wait
+        } else {
+            Duration::ZERO
+        };
         let cfg = coordinator::Config {
             cluster,
+            takeover_wait,
             ..self.s.config.clone()
         };
         let recovered = self.replica.state().clone();
@@ -699,7 +908,7 @@ impl Driver {
 
     fn maybe_compact(&mut self) {
         let by_bytes = self.log.bytes_since_rotate() >= self.s.compact_bytes;
-        let limit = if by_bytes { 0 } else { COMPACT_ENTRIES };
+        let limit = if by_bytes { 0 } else { self.s.compact_entries };
         let Some(carry) = self.replica.maybe_compact(limit) else {
             return;
         };
@@ -808,11 +1017,69 @@ async fn survey(me: u64, peers: Vec<(u64, String)>, events: mpsc::UnboundedSende
     }
 }
 
+/// Asks the replicas at `addrs` (following redirects to their leader) to
+/// add this one, until the leader says it is a member. A refusal that
+/// retrying cannot fix (the id is taken) stops the process.
+async fn join(
+    me: u64,
+    addrs: Vec<String>,
+    advertise: String,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let links = quintet_common::net::LeaderLinks::<CoordinatorRequest, CoordinatorResponse>::new(
+        &addrs,
+        Duration::from_millis(500),
+    );
+    let started = Instant::now();
+    let mut said = Instant::now();
+    loop {
+        let answer = links
+            .call(|ch| {
+                let advertise = advertise.clone();
+                async move {
+                    coord_peer_conn(ch)
+                        .join(context_with_timeout(Duration::from_secs(5)), me, advertise)
+                        .await
+                }
+            })
+            .await;
+        let why = match answer {
+            Ok(Ok(members)) => {
+                info!(
+                    id = me,
+                    leader = %links.current_addr(),
+                    ?members,
+                    "the coordinator group's leader counts this replica in; copying its log"
+                );
+                let _ = events.send(Event::Joined(members));
+                return;
+            }
+            Ok(Err(e @ (Error::ClusterMismatch(_) | Error::InvalidArgument(_)))) => {
+                error!(error = %e, "the coordinator group refused this replica");
+                std::process::exit(2);
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        if said.elapsed() >= Duration::from_secs(5) {
+            said = Instant::now();
+            warn!(
+                join = ?addrs,
+                waited_s = started.elapsed().as_secs(),
+                error = %why,
+                "cannot join the coordinator group yet; retrying"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Sends Raft batches to one peer in order, one call at a time, folding
 /// batches queued meanwhile into the next call.
 async fn raft_sender(
     from: u64,
     to: u64,
+    cluster: Arc<AtomicU64>,
     link: Arc<ReplicaLink>,
     mut rx: mpsc::UnboundedReceiver<Vec<Vec<u8>>>,
     events: mpsc::UnboundedSender<Event>,
@@ -825,8 +1092,9 @@ async fn raft_sender(
             }
         }
         let ctx = context_with_timeout(Duration::from_secs(1));
+        let tag = cluster.load(Ordering::Relaxed);
         let sent = link
-            .call(|ch| async move { coord_peer_conn(ch).raft(ctx, from, msgs).await })
+            .call(|ch| async move { coord_peer_conn(ch).raft(ctx, from, tag, msgs).await })
             .await;
         if !matches!(sent, Ok(Ok(()))) {
             let _ = events.send(Event::Unreachable(to));

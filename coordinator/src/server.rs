@@ -10,7 +10,10 @@ use std::time::Duration;
 use quintet_common::identity::{self, Identity};
 use quintet_common::net::{self, Link};
 use quintet_common::protocol::coordinator::{self, BatchLimits};
-use quintet_common::rpc::{Admin, Coord, CoordPeer, CoordinatorServe};
+use quintet_common::rpc::{
+    Admin, Coord, CoordPeer, CoordinatorRequest, CoordinatorResponse, CoordinatorServe,
+    coord_peer_conn,
+};
 use quintet_common::storage::{wal::Wal, writer::LogWriter};
 use quintet_common::types::{ClusterId, NodeId};
 use tokio::sync::mpsc;
@@ -18,8 +21,8 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::driver::{Driver, Event, Settings};
-use crate::replica::node::{Replica, Timing};
-use crate::replica::store::{RaftRecord, RaftStore};
+use crate::replica::node::{Replica, ReplicaState, Timing};
+use crate::replica::store::{BOOTSTRAP_INDEX, RaftRecord, RaftStore};
 use crate::service::Handler;
 
 /// Raft ticks without a leader before an election (500 ms at 50 ms a tick,
@@ -44,7 +47,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     // A lone coordinator keeps its cluster id in IDENTITY; replicas keep it
     // in the replicated log (IDENTITY then says cluster 0).
-    let lone = replicas.len() == 1;
+    let lone = replicas.len() == 1 && config.join.is_empty();
     let identity_cluster = match identity::load(&dir)? {
         Some(Identity {
             node: 0, cluster, ..
@@ -75,30 +78,56 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             (cluster.0 != 0).then_some(cluster)
         }
     };
-    let voters: Vec<u64> = (1..=replicas.len() as u64).collect();
-    let store = RaftStore::replay(voters.clone(), records).map_err(|e| {
-        anyhow::anyhow!(
-            "the decision log in {} is inconsistent: {e}; the data dir is damaged",
-            dir.display()
-        )
-    })?;
+    // A founding member's log starts from a snapshot of the members and
+    // their addresses, written before anything else; a joining one's from
+    // nothing (the leader's snapshot brings them).
+    let mut join = Vec::new();
+    let mut founded = None;
+    let store = if !records.is_empty() {
+        RaftStore::replay(RaftStore::new(), records).map_err(|e| {
+            anyhow::anyhow!(
+                "the decision log in {} is inconsistent: {e}; the data dir is damaged",
+                dir.display()
+            )
+        })?
+    } else if config.join.is_empty() || (config.id == 1 && !group_exists(&config).await) {
+        let mut coordinators: BTreeMap<u64, String> = BTreeMap::new();
+        if config.join.is_empty() {
+            coordinators.extend(
+                replicas
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| (i as u64 + 1, a.clone())),
+            );
+        }
+        coordinators.insert(config.id as u64, config.advertise());
+        let voters = coordinators.keys().copied().collect();
+        let state = ReplicaState {
+            coordinators,
+            ..ReplicaState::default()
+        };
+        let store = RaftStore::bootstrap(voters, state.encode());
+        founded = Some(vec![
+            RaftRecord::snapshot(store.latest_snapshot()),
+            RaftRecord::hard_state(store.hard_state()),
+        ]);
+        store
+    } else {
+        join = config.join.clone();
+        RaftStore::new()
+    };
     let timing = Timing {
         election_ticks: ELECTION_TICKS,
         heartbeat_ticks: 1,
     };
-    let replica =
-        Replica::new(config.id as u64, &voters, store, timing).map_err(anyhow::Error::msg)?;
+    let replica = Replica::new(config.id as u64, store, timing).map_err(anyhow::Error::msg)?;
     let tick_every = (config.heartbeat / 2).max(Duration::from_millis(10));
     // A new leader cannot know when its predecessor last granted a lease;
     // that one grants only while Raft still counts it leader (check_quorum
     // makes it step down within two election timeouts of losing its
     // quorum), so the newcomer waits that long before dropping anyone, on
     // top of D'.
-    let takeover_wait = if lone {
-        Duration::ZERO
-    } else {
-        tick_every * (2 * ELECTION_TICKS as u32)
-    };
+    let takeover_wait = tick_every * (2 * ELECTION_TICKS as u32);
     let ids: Vec<NodeId> = (1..=config.participants.len() as NodeId).collect();
     let sm_config = coordinator::Config {
         cluster: ClusterId(0),
@@ -112,7 +141,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         min_members: config.min_members(),
         queue_timeout: config.prepare_timeout * 4,
         resend_every: Duration::from_secs(1),
-        takeover_wait,
+        takeover_wait: Duration::ZERO,
     };
     let peers: BTreeMap<NodeId, Arc<_>> = ids
         .iter()
@@ -128,7 +157,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let (tx, rx) = mpsc::unbounded_channel();
     let settings = Settings {
         id: config.id,
-        replicas: replicas.clone(),
+        advertise: config.advertise(),
+        join,
         peers,
         config: sm_config,
         identity_cluster,
@@ -136,17 +166,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tick_every,
         dir: dir.clone(),
         compact_bytes: config.compact_mib.max(1) << 20,
+        compact_entries: config.compact_entries.max(1),
+        takeover_wait,
     };
     info!(
         id = config.id,
-        replicas = ?replicas,
+        coordinators = ?replica.coordinators(),
         applied = replica.applied(),
         committed = replica.state().committed,
         listen = %config.listen,
         min_participants = config.min_members(),
         "coordinator replica starting"
     );
-    let driver = Driver::new(replica, LogWriter::spawn(wal), tx.clone(), settings);
+    let mut log = LogWriter::spawn(wal);
+    if let Some(bootstrap) = founded {
+        for r in &bootstrap {
+            log.append(crate::driver::encode(r));
+        }
+        log.wait_durable(log.last_lsn()).await?;
+    }
+    let driver = Driver::new(replica, log, tx.clone(), settings);
     let driver_task = tokio::spawn(driver.run(rx));
     let handler = Handler {
         events: tx.clone(),
@@ -165,4 +204,40 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let _ = tx.send(Event::Stop);
     let _ = driver_task.await;
     Ok(())
+}
+
+/// Whether any of the `--join` replicas holds a log (asked once, each with
+/// a bound): replica 1 with an empty log founds a new group only when none
+/// does, and otherwise joins (it was wiped).
+async fn group_exists(config: &Config) -> bool {
+    let asks = config.join.iter().map(|addr| async move {
+        let link: Link<CoordinatorRequest, CoordinatorResponse> =
+            Link::new(addr.trim(), Duration::from_millis(500));
+        let ctx = net::context_with_timeout(Duration::from_secs(1));
+        let id = config.id as u64;
+        let answer = link
+            .call(|ch| async move { coord_peer_conn(ch).survey(ctx, id).await })
+            .await;
+        match answer {
+            Ok(Ok(index)) => {
+                info!(%addr, index, "asked a --join replica for its log");
+                index > BOOTSTRAP_INDEX
+            }
+            Ok(Err(e)) => {
+                info!(%addr, error = %e, "a --join replica did not say");
+                false
+            }
+            Err(e) => {
+                info!(%addr, error = %e, "a --join replica is not reachable");
+                false
+            }
+        }
+    });
+    let exists = futures::future::join_all(asks).await.into_iter().any(|b| b);
+    if exists {
+        info!("a --join replica holds a log: joining its group");
+    } else {
+        info!("no --join replica holds a log: founding a new coordinator group");
+    }
+    exists
 }

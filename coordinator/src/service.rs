@@ -139,7 +139,13 @@ impl Coord for Handler {
 }
 
 impl CoordPeer for Handler {
-    async fn raft(self, _: Context, from: u64, msgs: Vec<Vec<u8>>) -> Result<(), Error> {
+    async fn raft(
+        self,
+        _: Context,
+        from: u64,
+        cluster: u64,
+        msgs: Vec<Vec<u8>>,
+    ) -> Result<(), Error> {
         let mut decoded = Vec::with_capacity(msgs.len());
         for m in &msgs {
             match raft::eraftpb::Message::parse_from_bytes(m) {
@@ -152,11 +158,20 @@ impl CoordPeer for Handler {
             }
         }
         self.events
-            .send(Event::Raft(decoded))
+            .send(Event::Raft(from, cluster, decoded))
             .map_err(|_| stopped())
     }
 
     async fn survey(self, _: Context, from: u64) -> Result<u64, Error> {
         self.ask(|tx| Event::Survey(from, tx)).await
+    }
+
+    async fn join(self, _: Context, id: u64, address: String) -> Result<Vec<(u64, String)>, Error> {
+        if id == 0 || id > 7 || address.trim().is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "a coordinator replica asked to join as id {id} at {address:?}: give an id from 1 to 7 and an address"
+            )));
+        }
+        self.ask(|tx| Event::Join(id, address, tx)).await?
     }
 }

@@ -15,11 +15,35 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use protobuf::Message as _;
 use quintet_common::protocol::coordinator::{Record, Recovered};
-use raft::eraftpb::{Entry, EntryType, Message, MessageType};
+use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Message, MessageType};
 use raft::{Config, RawNode, Ready, StateRole};
+use serde::{Deserialize, Serialize};
 
-use super::store::{RaftRecord, RaftStore};
+use super::store::{BOOTSTRAP_INDEX, RaftRecord, RaftStore};
+
+/// What every replica folds from the applied log, and what a snapshot
+/// holds: the decision state and the coordinator replicas' addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaState {
+    /// The 2PC decision state.
+    pub decisions: Recovered,
+    /// Every member's address (voters and learners), by Raft id.
+    pub coordinators: BTreeMap<u64, String>,
+}
+
+impl ReplicaState {
+    /// The snapshot data of this state.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain maps and structs cannot fail.
+        bincode::serialize(self).unwrap_or_default()
+    }
+}
+
+/// A learner counts as caught up, and is promoted to voter, once it is
+/// within this many entries of the leader's commit index.
+const PROMOTE_WITHIN: u64 = 64;
 
 /// A committed record, applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +72,8 @@ pub struct Io {
     pub applied: Vec<Applied>,
     /// The replica's role changed.
     pub role: Option<RoleChange>,
+    /// The membership (or a member's address) changed.
+    pub members_changed: bool,
 }
 
 /// A change of the replica's role.
@@ -79,7 +105,7 @@ pub struct PeerProgress {
 /// A coordinator replica's Raft node; see the module docs.
 pub struct Replica {
     raw: RawNode<RaftStore>,
-    state: Recovered,
+    state: ReplicaState,
     applied: u64,
     leader: u64,
     role: StateRole,
@@ -144,14 +170,9 @@ pub struct Timing {
 }
 
 impl Replica {
-    /// A replica with Raft id `id` of a group of `voters`, over a log
-    /// restored from the WAL. A group of one wins its election at once.
-    pub fn new(
-        id: u64,
-        voters: &[u64],
-        store: RaftStore,
-        timing: Timing,
-    ) -> Result<Replica, String> {
+    /// A replica with Raft id `id` over a log restored from the WAL (whose
+    /// snapshot gives the members).
+    pub fn new(id: u64, store: RaftStore, timing: Timing) -> Result<Replica, String> {
         let state = decode_state(&store.latest_snapshot().data)?;
         let applied = store.latest_snapshot().get_metadata().index;
         let config = Config {
@@ -169,12 +190,8 @@ impl Replica {
             .validate()
             .map_err(|e| format!("Raft settings: {e}"))?;
         let logger = slog::Logger::root(slog::Drain::fuse(TracingDrain), slog::o!());
-        let mut raw =
+        let raw =
             RawNode::new(&config, store, &logger).map_err(|e| format!("starting Raft: {e}"))?;
-        if voters == [id] {
-            raw.campaign()
-                .map_err(|e| format!("starting a one-replica group: {e}"))?;
-        }
         Ok(Replica {
             raw,
             state,
@@ -188,10 +205,95 @@ impl Replica {
         })
     }
 
+    /// Campaigns at once if this replica is the only voter, so a group of
+    /// one leads without waiting out an election timeout. Call it once the
+    /// committed log is applied: the membership changes in it decide
+    /// whether the replica is alone.
+    pub fn campaign_if_alone(&mut self) {
+        if self.voters() == [self.id()]
+            && self.role != StateRole::Leader
+            && let Err(e) = self.raw.campaign()
+        {
+            tracing::warn!(error = %e, "cannot start the election of a one-replica group");
+        }
+    }
+
+    /// Every member's address, by Raft id.
+    pub fn coordinators(&self) -> &BTreeMap<u64, String> {
+        &self.state.coordinators
+    }
+
+    /// The voters.
+    pub fn voters(&self) -> Vec<u64> {
+        self.raw.raft.prs().conf().voters().ids().iter().collect()
+    }
+
+    /// The learners (joining, not yet voting).
+    pub fn learners(&self) -> Vec<u64> {
+        let mut l: Vec<u64> = self
+            .raw
+            .raft
+            .prs()
+            .conf()
+            .learners()
+            .iter()
+            .copied()
+            .collect();
+        l.sort_unstable();
+        l
+    }
+
+    /// This replica's Raft id.
+    pub fn id(&self) -> u64 {
+        self.raw.raft.id
+    }
+
+    /// Whether a membership change is proposed and not applied yet (Raft
+    /// takes one at a time).
+    pub fn changing_members(&self) -> bool {
+        self.raw.raft.pending_conf_index > self.applied
+    }
+
+    /// Proposes adding replica `id`, reached at `address`, as a learner
+    /// (`voter` false) or promoting it to voter (`voter` true). Returns the
+    /// entry's index.
+    pub fn propose_member(&mut self, id: u64, address: &str, voter: bool) -> Result<u64, String> {
+        let mut cc = ConfChange::default();
+        cc.set_change_type(if voter {
+            ConfChangeType::AddNode
+        } else {
+            ConfChangeType::AddLearnerNode
+        });
+        cc.node_id = id;
+        cc.set_context(address.as_bytes().to_vec().into());
+        self.raw
+            .propose_conf_change(Vec::new(), cc)
+            .map_err(|e| format!("Raft refused the membership change: {e}"))?;
+        Ok(self.raw.raft.raft_log.last_index())
+    }
+
+    /// Learners close enough to the leader's log to vote (on the leader,
+    /// with no membership change pending).
+    pub fn learners_caught_up(&self) -> Vec<u64> {
+        if self.role != StateRole::Leader || self.changing_members() {
+            return Vec::new();
+        }
+        let committed = self.raw.raft.raft_log.committed;
+        let prs = self.raw.raft.prs();
+        self.learners()
+            .into_iter()
+            .filter(|id| {
+                prs.get(*id).is_some_and(|p| {
+                    p.matched > BOOTSTRAP_INDEX && p.matched + PROMOTE_WITHIN >= committed
+                })
+            })
+            .collect()
+    }
+
     /// Whether the log is empty (a new replica, or a wiped one).
+    /// (Nothing beyond the bootstrap snapshot, or not even that.)
     pub fn is_empty(&self) -> bool {
-        let store = self.raw.store();
-        store.len() == 0 && store.latest_snapshot().get_metadata().index == 0
+        self.last_index() <= BOOTSTRAP_INDEX
     }
 
     /// The last index of the log.
@@ -215,7 +317,7 @@ impl Replica {
 
     /// The decision state folded from every applied record.
     pub fn state(&self) -> &Recovered {
-        &self.state
+        &self.state.decisions
     }
 
     /// Highest index applied.
@@ -263,16 +365,11 @@ impl Replica {
         if self.withholding && is_vote_request(&msg) {
             return;
         }
-        if matches!(
-            msg.get_msg_type(),
-            MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
-        ) {
+        // An append carries the leader's whole commit index (a heartbeat
+        // only what this replica is known to hold, a snapshot only its own
+        // index): that is what a wiped replica must hold before it votes.
+        if msg.get_msg_type() == MessageType::MsgAppend {
             self.leader_commit = self.leader_commit.max(msg.commit);
-            if msg.get_msg_type() == MessageType::MsgSnapshot {
-                self.leader_commit = self
-                    .leader_commit
-                    .max(msg.get_snapshot().get_metadata().index);
-            }
         }
         // A leader that has not heard this replica was wiped still
         // believes it holds what it acknowledged and sends that as the
@@ -337,7 +434,10 @@ impl Replica {
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
             match decode_state(&snap.data) {
-                Ok(state) => self.state = state,
+                Ok(state) => {
+                    self.state = state;
+                    io.members_changed = true;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "a snapshot from the leader cannot be decoded")
                 }
@@ -421,6 +521,11 @@ impl Replica {
         for e in entries {
             self.applied = e.index;
             let mine = self.mine.remove(&e.index);
+            if e.get_entry_type() == EntryType::EntryConfChange {
+                self.apply_member_change(&e);
+                io.members_changed = true;
+                continue;
+            }
             if e.data.is_empty() || e.get_entry_type() != EntryType::EntryNormal {
                 continue;
             }
@@ -431,7 +536,7 @@ impl Replica {
                     continue;
                 }
             };
-            self.state.apply(record.clone());
+            self.state.decisions.apply(record.clone());
             io.applied.push(Applied {
                 index: e.index,
                 record,
@@ -440,17 +545,65 @@ impl Replica {
         }
     }
 
-    /// Compacts the log when it holds more than `max_entries`: a snapshot
-    /// of the decision state at the applied index replaces the entries it
-    /// covers. Returns what a fresh WAL segment must start with.
+    fn apply_member_change(&mut self, e: &Entry) {
+        let cc = match ConfChange::parse_from_bytes(&e.data) {
+            Ok(cc) => cc,
+            Err(err) => {
+                tracing::error!(index = e.index, error = %err, "a committed membership change cannot be decoded; skipping it");
+                return;
+            }
+        };
+        match self.raw.apply_conf_change(&cc) {
+            Ok(cs) => self.raw.mut_store().set_conf_state(cs),
+            Err(err) => {
+                tracing::error!(index = e.index, error = %err, "a committed membership change cannot be applied; skipping it");
+                return;
+            }
+        }
+        let id = cc.node_id;
+        match cc.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                let address = String::from_utf8_lossy(cc.get_context()).into_owned();
+                if !address.is_empty() {
+                    self.state.coordinators.insert(id, address);
+                }
+                let voter = cc.get_change_type() == ConfChangeType::AddNode;
+                tracing::info!(
+                    replica = id,
+                    address = self.state.coordinators.get(&id).map_or("?", |a| a.as_str()),
+                    index = e.index,
+                    "coordinator replica {id} {}",
+                    if voter {
+                        "is a voter"
+                    } else {
+                        "joined as a learner"
+                    }
+                );
+            }
+            ConfChangeType::RemoveNode => {
+                self.state.coordinators.remove(&id);
+                tracing::info!(
+                    replica = id,
+                    index = e.index,
+                    "coordinator replica {id} removed"
+                );
+            }
+        }
+    }
+
+    /// Compacts the log when it holds more than `max_entries`, or when
+    /// raft-rs wanted a newer snapshot for a peer: a snapshot of the
+    /// replica state at the applied index replaces the entries it covers.
+    /// Returns what a fresh WAL segment must start with.
     pub fn maybe_compact(&mut self, max_entries: usize) -> Option<Vec<RaftRecord>> {
         let store = self.raw.store();
-        if store.len() <= max_entries
+        let wanted = store.take_snapshot_wanted();
+        if (store.len() <= max_entries && !wanted)
             || self.applied <= store.latest_snapshot().get_metadata().index
         {
             return None;
         }
-        let data = bincode::serialize(&self.state).ok()?;
+        let data = self.state.encode();
         let applied = self.applied;
         let snap = match self.raw.mut_store().compact(applied, data) {
             Ok(s) => s,
@@ -487,10 +640,10 @@ impl Replica {
     }
 }
 
-fn decode_state(data: &[u8]) -> Result<Recovered, String> {
+fn decode_state(data: &[u8]) -> Result<ReplicaState, String> {
     if data.is_empty() {
-        return Ok(Recovered::default());
+        return Ok(ReplicaState::default());
     }
     bincode::deserialize(data)
-        .map_err(|e| format!("the decision state in a Raft snapshot cannot be decoded: {e}"))
+        .map_err(|e| format!("the replica state in a Raft snapshot cannot be decoded: {e}"))
 }

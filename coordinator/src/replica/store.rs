@@ -9,9 +9,17 @@
 //! fsyncs before the messages that depend on it leave. Replaying those
 //! records in order ([`RaftStore::replay`]) rebuilds the store exactly.
 //!
-//! Compaction keeps a snapshot (metadata plus the folded decision state as
+//! A group's log starts from a bootstrap snapshot at index 1 (members and
+//! their addresses), not from an empty log, so a replica joining later
+//! always starts from a snapshot and learns the membership with it.
+//! Compaction keeps a snapshot (metadata plus the folded replica state as
 //! data) and drops the entries it covers; a follower too far behind gets
-//! that snapshot from the leader, which is how a wiped replica rejoins.
+//! that snapshot from the leader, which is how a wiped replica rejoins. A
+//! snapshot raft-rs asks for that is too old (or predates the member it is
+//! for) is refused as temporarily unavailable and flagged, and the replica
+//! takes a fresh one.
+
+use std::cell::Cell;
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
@@ -64,28 +72,53 @@ pub struct RaftStore {
     /// Entries after the snapshot, contiguous.
     entries: Vec<Entry>,
     snapshot: Snapshot,
+    /// See [`RaftStore::take_snapshot_wanted`].
+    snapshot_wanted: Cell<bool>,
 }
 
+/// Index of the snapshot a group's log starts from.
+pub const BOOTSTRAP_INDEX: u64 = 1;
+
 impl RaftStore {
-    /// A new, empty log for a group of these voters.
-    pub fn new(voters: Vec<u64>) -> RaftStore {
+    /// An empty log that belongs to no group yet: a replica joining a
+    /// running group, which learns the members from the leader's snapshot.
+    pub fn new() -> RaftStore {
+        RaftStore::default()
+    }
+
+    /// The log a group of `voters` starts from: a snapshot at index 1
+    /// (term 1) holding `data`, the same on every founding member. Entries
+    /// start at 2, so a replica that joins later always gets a snapshot
+    /// first, and with it the members and their addresses.
+    pub fn bootstrap(voters: Vec<u64>, data: Vec<u8>) -> RaftStore {
         let mut conf_state = ConfState::default();
         conf_state.set_voters(voters);
         let mut snapshot = Snapshot::default();
-        snapshot.mut_metadata().set_conf_state(conf_state.clone());
+        snapshot.set_data(data.into());
+        let meta = snapshot.mut_metadata();
+        meta.index = BOOTSTRAP_INDEX;
+        meta.term = 1;
+        meta.set_conf_state(conf_state.clone());
+        let hard_state = HardState {
+            term: 1,
+            commit: BOOTSTRAP_INDEX,
+            ..Default::default()
+        };
         RaftStore {
+            hard_state,
             conf_state,
             snapshot,
             ..RaftStore::default()
         }
     }
 
-    /// Rebuilds the log from its records, oldest first.
+    /// Rebuilds the log from its records, oldest first, over `base` (what
+    /// the log started as: [`RaftStore::bootstrap`] or [`RaftStore::new`]).
     pub fn replay(
-        voters: Vec<u64>,
+        base: RaftStore,
         records: impl IntoIterator<Item = RaftRecord>,
     ) -> Result<RaftStore, String> {
-        let mut store = RaftStore::new(voters);
+        let mut store = base;
         for r in records {
             match r {
                 RaftRecord::Entries(es) => {
@@ -100,6 +133,20 @@ impl RaftStore {
             }
         }
         Ok(store)
+    }
+
+    /// The membership as of the last applied configuration change (kept in
+    /// memory: on restart the changes after the snapshot are applied
+    /// again).
+    pub fn set_conf_state(&mut self, cs: ConfState) {
+        self.conf_state = cs;
+    }
+
+    /// Whether raft-rs asked for a snapshot this store could not give (the
+    /// latest one is too old, or predates the member it is for); the
+    /// replica then takes a fresh one. Clears the request.
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.replace(false)
     }
 
     /// The hard state.
@@ -258,8 +305,17 @@ impl Storage for RaftStore {
         Ok(self.last())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        Ok(self.snapshot.clone())
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let meta = self.snapshot.get_metadata();
+        let cs = meta.get_conf_state();
+        let member = cs.get_voters().contains(&to) || cs.get_learners().contains(&to);
+        if meta.index >= request_index && member {
+            return Ok(self.snapshot.clone());
+        }
+        self.snapshot_wanted.set(true);
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }
 
@@ -279,7 +335,7 @@ mod tests {
 
     #[test]
     fn a_new_leader_overwrites_an_uncommitted_suffix_and_replay_agrees() {
-        let mut s = RaftStore::new(vec![1, 2, 3]);
+        let mut s = RaftStore::new();
         let mut log = Vec::new();
         let a: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).collect();
         s.append(&a).unwrap();
@@ -304,7 +360,7 @@ mod tests {
             s.entries(3, 5, None, GetEntriesContext::empty(false)),
             Err(raft::Error::Store(StorageError::Compacted))
         ));
-        let r = RaftStore::replay(vec![1, 2, 3], log).unwrap();
+        let r = RaftStore::replay(RaftStore::new(), log).unwrap();
         assert_eq!(r.first_index().unwrap(), 5);
         assert_eq!(r.last_index().unwrap(), 6);
         assert_eq!(r.term(4).unwrap(), 2);
@@ -315,7 +371,7 @@ mod tests {
 
     #[test]
     fn an_installed_snapshot_replaces_a_shorter_log() {
-        let mut s = RaftStore::new(vec![1, 2, 3]);
+        let mut s = RaftStore::new();
         s.append(&[entry(1, 1), entry(2, 1)]).unwrap();
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = 10;
