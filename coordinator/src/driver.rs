@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::replica::node::{Applied, Io, Replica, RoleChange};
-use crate::replica::store::RaftRecord;
+use crate::replica::store::{BOOTSTRAP_INDEX, RaftRecord};
 
 /// A waiting client's reply handle.
 pub type Reply = oneshot::Sender<Result<OpResult, Error>>;
@@ -126,6 +126,10 @@ pub struct Settings {
     /// Replicas of a running group to ask to be added to, when the log is
     /// empty (`--join`); empty for a founding member.
     pub join: Vec<String>,
+    /// Addresses given on the command line (`--coordinators`), by id: this
+    /// replica dials these rather than the ones recorded in the log (which
+    /// are the founding or joining replica's own view).
+    pub dial: BTreeMap<u64, String>,
     /// Links to the participants.
     pub peers: BTreeMap<NodeId, Arc<PeerLink>>,
     /// The 2PC machine's configuration; its cluster is filled in from the
@@ -224,6 +228,11 @@ impl Driver {
         // from the leader's answer only.
         let mut members = self.bootstrap_peers.clone();
         members.extend(self.replica.coordinators().clone());
+        for (id, addr) in members.iter_mut() {
+            if let Some(given) = self.s.dial.get(id) {
+                addr.clone_from(given);
+            }
+        }
         self.raft_out
             .retain(|id, (addr, _)| members.get(id).is_some_and(|a| a == addr));
         for (&to, addr) in &members {
@@ -969,7 +978,7 @@ async fn survey(me: u64, peers: Vec<(u64, String)>, events: mpsc::UnboundedSende
         })
         .collect();
     let group = links.len() + 1;
-    let majority = group / 2 + 1;
+    let needed = group / 2;
     let started = Instant::now();
     let mut said = Instant::now();
     loop {
@@ -988,24 +997,15 @@ async fn survey(me: u64, peers: Vec<(u64, String)>, events: mpsc::UnboundedSende
             }
         }))
         .await;
-        if let Some((from, index)) = answers
-            .iter()
-            .filter_map(|(id, a)| a.filter(|&i| i > 0).map(|i| (*id, i)))
-            .max_by_key(|&(_, i)| i)
-        {
-            let _ = events.send(Event::Surveyed(Survey::Rejoin { from, index }));
-            return;
-        }
-        let empty = 1 + answers.iter().filter(|(_, a)| *a == Some(0)).count();
-        if empty >= majority {
-            let _ = events.send(Event::Surveyed(Survey::New));
+        if let Some(outcome) = survey_outcome(&answers, group) {
+            let _ = events.send(Event::Surveyed(outcome));
             return;
         }
         if said.elapsed() >= Duration::from_secs(5) {
             said = Instant::now();
             warn!(
-                heard = empty - 1,
-                needed = majority - 1,
+                heard = answers.iter().filter(|(_, a)| a.is_some()).count(),
+                needed,
                 waited_s = started.elapsed().as_secs(),
                 "waiting for more coordinator replicas to answer before this empty one may vote"
             );
@@ -1072,6 +1072,26 @@ async fn join(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// What one survey round's answers (each other replica's last index, or
+/// none) say, for a group of `group` replicas: someone holds entries past
+/// the bootstrap snapshot ([`Survey::Rejoin`]), or a majority counting
+/// this replica hold none ([`Survey::New`]), or not enough is known yet.
+fn survey_outcome(answers: &[(u64, Option<u64>)], group: usize) -> Option<Survey> {
+    if let Some((from, index)) = answers
+        .iter()
+        .filter_map(|(id, a)| a.filter(|&i| i > BOOTSTRAP_INDEX).map(|i| (*id, i)))
+        .max_by_key(|&(_, i)| i)
+    {
+        return Some(Survey::Rejoin { from, index });
+    }
+    let empty = answers
+        .iter()
+        .filter(|(_, a)| a.is_some_and(|i| i <= BOOTSTRAP_INDEX))
+        .count()
+        + 1;
+    (empty > group / 2).then_some(Survey::New)
 }
 
 /// Sends Raft batches to one peer in order, one call at a time, folding
@@ -1179,4 +1199,31 @@ async fn send(
 
 fn describe(e: &LinkError) -> String {
     e.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_survey_tells_a_new_group_from_a_wiped_member() {
+        // Fresh founding members hold only the bootstrap snapshot.
+        let fresh = [(2, Some(BOOTSTRAP_INDEX)), (3, None)];
+        assert_eq!(survey_outcome(&fresh, 3), Some(Survey::New));
+        // One answer is not a majority of five.
+        let few = [(2, Some(BOOTSTRAP_INDEX)), (3, None), (4, None), (5, None)];
+        assert_eq!(survey_outcome(&few, 5), None);
+        // Anyone past the bootstrap snapshot means this replica was wiped.
+        let wiped = [
+            (2, Some(BOOTSTRAP_INDEX)),
+            (3, Some(40)),
+            (4, Some(38)),
+            (5, None),
+        ];
+        assert_eq!(
+            survey_outcome(&wiped, 5),
+            Some(Survey::Rejoin { from: 3, index: 40 })
+        );
+        assert_eq!(survey_outcome(&[(2, None), (3, None)], 3), None);
+    }
 }

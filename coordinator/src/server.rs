@@ -159,6 +159,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         id: config.id,
         advertise: config.advertise(),
         join,
+        dial: if config.join.is_empty() {
+            replicas
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (i as u64 + 1, a.clone()))
+                .collect()
+        } else {
+            BTreeMap::new()
+        },
         peers,
         config: sm_config,
         identity_cluster,

@@ -104,6 +104,22 @@ pub enum Command {
     Bench(quintet_client::bench::BenchArgs),
 }
 
+impl Command {
+    /// Whether the command prints its result and ends (no servers, no
+    /// session).
+    pub fn is_one_shot(&self) -> bool {
+        matches!(
+            self,
+            Command::Get(_)
+                | Command::Put(_)
+                | Command::Delete(_)
+                | Command::Status(_)
+                | Command::Health(_)
+                | Command::Run(_)
+        )
+    }
+}
+
 /// Runs the parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     let rt = match tokio::runtime::Builder::new_multi_thread()
