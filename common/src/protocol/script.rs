@@ -23,7 +23,9 @@
 //!   loses what was appended since. `compact` replaces the decision log
 //!   with the coordinator's checkpoint, as its driver may at any point.
 //! - **Nodes.** `crash N` loses memory and keeps the disk, `restart N`
-//!   replays the disk (a participant keeps its incarnation), `wipe N` also
+//!   replays the disk (a participant keeps its incarnation; `restart c
+//!   takeover=D` is a new Raft leader taking over, which treats every
+//!   member as granted until D from now by its predecessor), `wipe N` also
 //!   deletes the disk (the restart gets a new incarnation), `pause N` /
 //!   `resume N` freeze a process whose clock keeps running.
 //! - **Clients.** `put K V` / `delete K` submit a write (its answer is
@@ -1047,9 +1049,13 @@ impl Runner {
 
     // ---- nodes ----
 
-    fn start_coordinator(&mut self) -> Result<(), Box<dyn StdError>> {
+    fn start_coordinator(&mut self, takeover_wait: Duration) -> Result<(), Box<dyn StdError>> {
         let recovered = Recovered::replay(self.coord_log.clone());
-        let (c, actions) = Coordinator::start(self.config(), recovered, self.now);
+        let config = coordinator::Config {
+            takeover_wait,
+            ..self.config()
+        };
+        let (c, actions) = Coordinator::start(config, recovered, self.now);
         self.coord = Some(c);
         self.coord_gen += 1;
         self.timers.clear();
@@ -1267,7 +1273,7 @@ impl Runner {
         self.durable_len = None;
         self.coord_paused = false;
         if self.coord.is_none() {
-            self.start_coordinator()?;
+            self.start_coordinator(Duration::ZERO)?;
         }
         for id in 1..=self.s.n {
             if let Some(n) = self.nodes.get_mut(&id) {
@@ -1334,7 +1340,7 @@ impl goldenscript::Runner for Runner {
                     p.sm.set_window(self.s.window, self.s.window * 4);
                     self.nodes.insert(id, p);
                 }
-                self.start_coordinator()?;
+                self.start_coordinator(Duration::ZERO)?;
                 for _ in 0..100 {
                     self.step_time()?;
                     if self
@@ -1408,6 +1414,11 @@ impl goldenscript::Runner for Runner {
             }
             "crash" | "wipe" | "restart" | "pause" | "resume" => {
                 let a = parse_addr(args.next_pos().ok_or("which node")?)?;
+                let takeover = args
+                    .take_key("takeover")
+                    .map(parse_duration)
+                    .transpose()?
+                    .unwrap_or_default();
                 args.reject_next()?;
                 match (cmd.name.as_str(), a) {
                     ("crash", Addr::C) => {
@@ -1444,7 +1455,7 @@ impl goldenscript::Runner for Runner {
                             self.say(line);
                         }
                     }
-                    ("restart", Addr::C) => self.start_coordinator()?,
+                    ("restart", Addr::C) => self.start_coordinator(takeover)?,
                     ("pause", Addr::C) => self.coord_paused = true,
                     ("resume", Addr::C) => self.coord_paused = false,
                     ("crash", Addr::P(id)) => {
