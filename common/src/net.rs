@@ -387,7 +387,9 @@ impl<Req, Resp> Debug for Link<Req, Resp> {
 /// answers [`Error::NotLeader`](crate::Error::NotLeader) (it did nothing),
 /// to the leader it names or else the next replica. Each replica is tried
 /// at most twice per call; a call that may have reached a replica is never
-/// repeated.
+/// repeated, but when it failed in transit (a timeout: the replica may be
+/// cut off or paused while the others elected a new leader) the *next*
+/// call starts at the next replica.
 pub struct LeaderLinks<Req, Resp> {
     links: Vec<Link<Req, Resp>>,
     current: std::sync::atomic::AtomicUsize,
@@ -450,6 +452,10 @@ where
                     if !matches!(last, Some(Ok(Err(crate::Error::NotLeader { .. })))) {
                         last = Some(Err(e));
                     }
+                }
+                Err(e) => {
+                    self.current.store(next(""), Ordering::Release);
+                    return Err(e);
                 }
                 other => return other,
             }

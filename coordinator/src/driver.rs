@@ -151,6 +151,9 @@ pub struct Settings {
     /// How long a new leader of a group of several voters waits before
     /// dropping a member (see `coordinator::Config::takeover_wait`).
     pub takeover_wait: Duration,
+    /// A leader grants leases only while a quorum answered it within this
+    /// (the election timeout).
+    pub lease_guard: Duration,
 }
 
 /// The queue of encoded Raft messages to one peer's sender task.
@@ -536,7 +539,7 @@ impl Driver {
                     return;
                 }
                 for m in msgs {
-                    self.replica.step(m);
+                    self.replica.step(m, now);
                 }
                 Vec::new()
             }
@@ -602,7 +605,19 @@ impl Driver {
                         Vec::new()
                     }
                     Event::Renew(req, reply) => {
-                        let (answer, actions) = sm.renew(&req, now);
+                        let (mut answer, actions) = sm.renew(&req, now);
+                        // The machine counts the renewal (and, to be safe,
+                        // a grant); the lease itself goes out only while a
+                        // quorum confirms this leader.
+                        if let Ok(r) = answer.as_mut()
+                            && !self.replica.leadership_confirmed(now, self.s.lease_guard)
+                            && r.lease_ms.take().is_some()
+                        {
+                            debug!(
+                                node = req.id,
+                                "no quorum answered this leader lately; renewal answered without a lease"
+                            );
+                        }
                         let _ = reply.send(answer);
                         actions
                     }

@@ -119,14 +119,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let timing = Timing {
         election_ticks: ELECTION_TICKS,
         heartbeat_ticks: 1,
+        max_election_ticks: 0,
     };
     let replica = Replica::new(config.id as u64, store, timing).map_err(anyhow::Error::msg)?;
     let tick_every = (config.heartbeat / 2).max(Duration::from_millis(10));
-    // A new leader cannot know when its predecessor last granted a lease;
-    // that one grants only while Raft still counts it leader (check_quorum
-    // makes it step down within two election timeouts of losing its
-    // quorum), so the newcomer waits that long before dropping anyone, on
-    // top of D'.
+    // A new leader cannot know when its predecessor last granted a lease.
+    // That one grants only while a majority answered it within the last
+    // election timeout (by its own clock), and a follower stands for
+    // election only an election timeout after it last heard a leader; so
+    // the predecessor's last grant came at most about a round trip after
+    // the newcomer's election began. The newcomer waits two election
+    // timeouts, on top of D', before dropping anyone (docs/protocol.md).
     let takeover_wait = tick_every * (2 * ELECTION_TICKS as u32);
     let ids: Vec<NodeId> = (1..=config.participants.len() as NodeId).collect();
     let sm_config = coordinator::Config {
@@ -177,6 +180,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         compact_bytes: config.compact_mib.max(1) << 20,
         compact_entries: config.compact_entries.max(1),
         takeover_wait,
+        lease_guard: tick_every * ELECTION_TICKS as u32,
     };
     info!(
         id = config.id,

@@ -18,4 +18,6 @@
 //! did before replication existed.
 
 pub mod node;
+#[cfg(test)]
+mod sim;
 pub mod store;

@@ -14,8 +14,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use protobuf::Message as _;
+use quintet_common::clock::Time;
 use quintet_common::protocol::coordinator::{Record, Recovered};
 use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Message, MessageType};
 use raft::{Config, RawNode, Ready, StateRole};
@@ -117,6 +119,8 @@ pub struct Replica {
     withholding: bool,
     /// Highest commit index a leader has told this replica.
     leader_commit: u64,
+    /// On the leader: when each peer last answered in this term.
+    heard: BTreeMap<u64, Time>,
 }
 
 fn is_vote_request(m: &Message) -> bool {
@@ -167,6 +171,9 @@ pub struct Timing {
     pub election_ticks: usize,
     /// Ticks between a leader's heartbeats.
     pub heartbeat_ticks: usize,
+    /// Most ticks a randomized election timeout lasts (exclusive; 0: twice
+    /// `election_ticks`). Tests pin it to `election_ticks + 1`.
+    pub max_election_ticks: usize,
 }
 
 impl Replica {
@@ -179,6 +186,7 @@ impl Replica {
             id,
             election_tick: timing.election_ticks,
             heartbeat_tick: timing.heartbeat_ticks,
+            max_election_tick: timing.max_election_ticks,
             applied,
             check_quorum: true,
             pre_vote: true,
@@ -202,6 +210,7 @@ impl Replica {
             mine: BTreeMap::new(),
             withholding: false,
             leader_commit: 0,
+            heard: BTreeMap::new(),
         })
     }
 
@@ -216,6 +225,14 @@ impl Replica {
         {
             tracing::warn!(error = %e, "cannot start the election of a one-replica group");
         }
+    }
+
+    /// Starts an election at once that voters take even while they still
+    /// hear a leader (as in a leadership transfer): lets tests choose who
+    /// leads.
+    #[cfg(test)]
+    pub fn force_campaign(&mut self) {
+        self.raw.raft.campaign(raft::CAMPAIGN_TRANSFER);
     }
 
     /// Every member's address, by Raft id.
@@ -360,8 +377,37 @@ impl Replica {
         Ok(index)
     }
 
-    /// A message from a peer.
-    pub fn step(&mut self, mut msg: Message) {
+    /// Whether this replica leads and a majority of voters (counting
+    /// itself) answered it within `within` before `now`. A deposed leader
+    /// that has not noticed yet (cut off, or paused past its election
+    /// timeout) fails this at once, by its own clock: it must not grant
+    /// leases, since a new leader may already be counting on their end.
+    pub fn leadership_confirmed(&self, now: Time, within: Duration) -> bool {
+        if self.role != StateRole::Leader {
+            return false;
+        }
+        let me = self.id();
+        let voters = self.voters();
+        let needed = voters.len() / 2; // peers besides this one
+        let fresh = voters
+            .iter()
+            .filter(|&&v| v != me)
+            .filter(|v| self.heard.get(v).is_some_and(|&t| now.since(t) < within))
+            .count();
+        fresh >= needed
+    }
+
+    /// A message from a peer, received at `now`.
+    pub fn step(&mut self, mut msg: Message, now: Time) {
+        if self.role == StateRole::Leader
+            && msg.term == self.raw.raft.term
+            && matches!(
+                msg.get_msg_type(),
+                MessageType::MsgHeartbeatResponse | MessageType::MsgAppendResponse
+            )
+        {
+            self.heard.insert(msg.from, now);
+        }
         if self.withholding && is_vote_request(&msg) {
             return;
         }
@@ -504,6 +550,7 @@ impl Replica {
         match (was, now) {
             (StateRole::Leader, StateRole::Leader) => None,
             (_, StateRole::Leader) => {
+                self.heard.clear();
                 // Becoming leader appended the empty entry that opens the term.
                 self.opened_at = Some(self.raw.raft.raft_log.last_index());
                 Some(RoleChange::BecameLeader { term })
