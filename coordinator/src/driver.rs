@@ -317,9 +317,10 @@ impl Driver {
                             Err(_) => break,
                         }
                     }
-                    self.replica.tick();
-                    self.maybe_promote();
                     let now = clock::now();
+                    self.replica.tick();
+                    self.replica.confirm(now);
+                    self.maybe_promote();
                     let actions = self.sm.as_mut().map(|sm| sm.tick(now)).unwrap_or_default();
                     self.execute(actions);
                 }
@@ -539,7 +540,7 @@ impl Driver {
                     return;
                 }
                 for m in msgs {
-                    self.replica.step(m, now);
+                    self.replica.step(m);
                 }
                 Vec::new()
             }

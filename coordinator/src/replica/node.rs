@@ -119,8 +119,9 @@ pub struct Replica {
     withholding: bool,
     /// Highest commit index a leader has told this replica.
     leader_commit: u64,
-    /// On the leader: when each peer last answered in this term.
-    heard: BTreeMap<u64, Time>,
+    /// On the leader: the latest send time of a heartbeat round a majority
+    /// acknowledged in this term (see [`Replica::leadership_confirmed`]).
+    confirmed: Option<Time>,
 }
 
 fn is_vote_request(m: &Message) -> bool {
@@ -210,7 +211,7 @@ impl Replica {
             mine: BTreeMap::new(),
             withholding: false,
             leader_commit: 0,
-            heard: BTreeMap::new(),
+            confirmed: None,
         })
     }
 
@@ -377,37 +378,28 @@ impl Replica {
         Ok(index)
     }
 
-    /// Whether this replica leads and a majority of voters (counting
-    /// itself) answered it within `within` before `now`. A deposed leader
-    /// that has not noticed yet (cut off, or paused past its election
-    /// timeout) fails this at once, by its own clock: it must not grant
-    /// leases, since a new leader may already be counting on their end.
-    pub fn leadership_confirmed(&self, now: Time, within: Duration) -> bool {
-        if self.role != StateRole::Leader {
-            return false;
+    /// Starts a round that confirms this leader: a heartbeat tagged with
+    /// `now` (raft-rs's ReadIndex), which counts once a majority answers
+    /// it. Call it every tick.
+    pub fn confirm(&mut self, now: Time) {
+        if self.is_serving() {
+            self.raw.read_index(now.0.to_be_bytes().to_vec());
         }
-        let me = self.id();
-        let voters = self.voters();
-        let needed = voters.len() / 2; // peers besides this one
-        let fresh = voters
-            .iter()
-            .filter(|&&v| v != me)
-            .filter(|v| self.heard.get(v).is_some_and(|&t| now.since(t) < within))
-            .count();
-        fresh >= needed
     }
 
-    /// A message from a peer, received at `now`.
-    pub fn step(&mut self, mut msg: Message, now: Time) {
-        if self.role == StateRole::Leader
-            && msg.term == self.raw.raft.term
-            && matches!(
-                msg.get_msg_type(),
-                MessageType::MsgHeartbeatResponse | MessageType::MsgAppendResponse
-            )
-        {
-            self.heard.insert(msg.from, now);
-        }
+    /// Whether this replica leads and a majority of voters acknowledged a
+    /// heartbeat it sent within `within` before `now`. The time is the
+    /// round's *send* time, by this replica's clock, so a leader cut off
+    /// from the other replicas, or paused past its election timeout, fails
+    /// this at once when it runs again, even if stale answers are still
+    /// queued for it: it must not grant leases, since a new leader may be
+    /// counting on their end (docs/protocol.md).
+    pub fn leadership_confirmed(&self, now: Time, within: Duration) -> bool {
+        self.role == StateRole::Leader && self.confirmed.is_some_and(|t| now.since(t) < within)
+    }
+
+    /// A message from a peer.
+    pub fn step(&mut self, mut msg: Message) {
         if self.withholding && is_vote_request(&msg) {
             return;
         }
@@ -477,6 +469,12 @@ impl Replica {
             io.role = self.role_changed(ss.raft_state);
         }
         io.send_now = rd.take_messages();
+        for rs in rd.take_read_states() {
+            if let Ok(bytes) = <[u8; 8]>::try_from(&rs.request_ctx[..]) {
+                let sent = Time(u64::from_be_bytes(bytes));
+                self.confirmed = self.confirmed.max(Some(sent));
+            }
+        }
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
             match decode_state(&snap.data) {
@@ -550,7 +548,7 @@ impl Replica {
         match (was, now) {
             (StateRole::Leader, StateRole::Leader) => None,
             (_, StateRole::Leader) => {
-                self.heard.clear();
+                self.confirmed = None;
                 // Becoming leader appended the empty entry that opens the term.
                 self.opened_at = Some(self.raw.raft.raft_log.last_index());
                 Some(RoleChange::BecameLeader { term })
