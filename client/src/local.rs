@@ -330,9 +330,11 @@ impl LocalCluster {
         let mut cmd = match node {
             Node::Coordinator(i) => {
                 let mut c = Command::new(self.bin_dir.join("quintet-coordinator"));
-                c.arg("--listen").arg(self.addr(node));
                 if self.opts.coordinators > 1 {
                     c.arg("--id").arg(i.to_string());
+                }
+                c.arg("--listen").arg(self.addr(node));
+                if self.opts.coordinators > 1 {
                     let mut peers = self
                         .opts
                         .peer_addrs_by_coordinator

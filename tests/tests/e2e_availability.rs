@@ -198,6 +198,17 @@ async fn with_no_lease_anywhere_reads_fail_over_then_fail_cleanly_and_recover() 
     let cluster = start_cluster(5, &[]).await;
     let c = client(&cluster.endpoints());
     c.put(b"k", b"v").await.unwrap();
+    // The commit reaches the replicas just after the client's answer:
+    // freeze the coordinator only once every replica applied it, so the
+    // serializable read below has the value wherever it lands.
+    wait_for("every replica to apply the write", CONVERGE, || async {
+        for at in 0..5 {
+            let r = c.get_at(at, b"k", ReadLevel::Serializable).await.ok()?;
+            r.value?;
+        }
+        Some(())
+    })
+    .await;
     cluster.pause(Node::Coordinator(1)).unwrap();
     let err = wait_for("every lease to run out", CONVERGE, || async {
         match c.get(b"k", ReadLevel::Linearizable).await {
