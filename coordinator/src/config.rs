@@ -77,6 +77,14 @@ pub struct Config {
     #[arg(long, env = "QUINTET_HEARTBEAT", default_value = "100ms", value_parser = quintet_common::duration::parse)]
     pub heartbeat: Duration,
 
+    /// How long coordinator replicas go without hearing a leader before one
+    /// stands for election (randomized up to twice that). A new leader
+    /// serves within about this after the old one dies; keep it well under
+    /// --lease so members' leases, and linearizable reads, outlast a
+    /// failover. Rounded to ticks of --heartbeat/2, at least three.
+    #[arg(long, env = "QUINTET_ELECTION_TIMEOUT", default_value = "300ms", value_parser = quintet_common::duration::parse)]
+    pub election_timeout: Duration,
+
     /// Fewest members writes go on with: a member is never dropped below
     /// this, and with fewer members writes stop rather than commit on too
     /// few copies [default: 3, or every participant when there are fewer].
@@ -112,6 +120,17 @@ impl Config {
                 .map(|a| a.trim().to_string())
                 .collect()
         }
+    }
+
+    /// The driver's tick: half a heartbeat.
+    pub fn tick(&self) -> Duration {
+        (self.heartbeat / 2).max(Duration::from_millis(10))
+    }
+
+    /// The election timeout in ticks.
+    pub fn election_ticks(&self) -> usize {
+        let tick = self.tick().as_millis().max(1);
+        ((self.election_timeout.as_millis() + tick / 2) / tick).max(3) as usize
     }
 
     /// The address this replica is reached at, after defaults.
@@ -196,6 +215,13 @@ impl Config {
                 "--lease {:?} must be at least three --heartbeat intervals ({:?}) so a member can renew in time",
                 self.lease,
                 self.heartbeat
+            );
+        }
+        if self.election_timeout >= self.lease {
+            anyhow::bail!(
+                "--election-timeout {:?} must be shorter than --lease {:?}, or members' leases run out during every coordinator failover",
+                self.election_timeout,
+                self.lease
             );
         }
         if self.prepare_timeout.is_zero() {

@@ -25,10 +25,6 @@ use crate::replica::node::{Replica, ReplicaState, Timing};
 use crate::replica::store::{BOOTSTRAP_INDEX, RaftRecord, RaftStore};
 use crate::service::Handler;
 
-/// Raft ticks without a leader before an election (500 ms at 50 ms a tick,
-/// randomized up to twice that).
-const ELECTION_TICKS: usize = 10;
-
 /// Runs the coordinator until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     config.validate()?;
@@ -116,13 +112,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         join = config.join.clone();
         RaftStore::new()
     };
+    let election_ticks = config.election_ticks();
     let timing = Timing {
-        election_ticks: ELECTION_TICKS,
+        election_ticks,
         heartbeat_ticks: 1,
         max_election_ticks: 0,
     };
     let replica = Replica::new(config.id as u64, store, timing).map_err(anyhow::Error::msg)?;
-    let tick_every = (config.heartbeat / 2).max(Duration::from_millis(10));
+    let tick_every = config.tick();
     // A new leader cannot know when its predecessor last granted a lease.
     // That one grants only while a majority answered it within the last
     // election timeout (by its own clock), and a follower stands for
@@ -130,7 +127,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // the predecessor's last grant came at most about a round trip after
     // the newcomer's election began. The newcomer waits two election
     // timeouts, on top of D', before dropping anyone (docs/protocol.md).
-    let takeover_wait = tick_every * (2 * ELECTION_TICKS as u32);
+    let takeover_wait = tick_every * (2 * election_ticks as u32);
     let ids: Vec<NodeId> = (1..=config.participants.len() as NodeId).collect();
     let sm_config = coordinator::Config {
         cluster: ClusterId(0),
@@ -180,7 +177,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         compact_bytes: config.compact_mib.max(1) << 20,
         compact_entries: config.compact_entries.max(1),
         takeover_wait,
-        lease_guard: tick_every * ELECTION_TICKS as u32,
+        lease_guard: tick_every * election_ticks as u32,
     };
     info!(
         id = config.id,
