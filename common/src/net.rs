@@ -475,3 +475,41 @@ pub fn context_with_timeout(timeout: Duration) -> tarpc::context::Context {
     ctx.deadline = std::time::Instant::now() + timeout;
     ctx
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::{CoordinatorRequest, CoordinatorResponse, coord_conn};
+
+    /// A replica that accepts connections and never answers (paused, or
+    /// cut off after the handshake) makes the call time out, and the next
+    /// call starts at the next replica.
+    #[tokio::test]
+    async fn after_a_timeout_the_next_call_starts_at_the_next_replica() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_addr = silent.local_addr().unwrap().to_string();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = silent.accept().await {
+                conns.push(c);
+            }
+        });
+        let other = "127.0.0.1:1".to_string();
+        let links: LeaderLinks<CoordinatorRequest, CoordinatorResponse> = LeaderLinks::new(
+            &[silent_addr.clone(), other.clone()],
+            Duration::from_secs(1),
+        );
+        assert_eq!(links.current_addr(), silent_addr);
+        let answer = links
+            .call(|ch| async move {
+                coord_conn(ch)
+                    .status(context_with_timeout(Duration::from_millis(200)))
+                    .await
+            })
+            .await;
+        let err = answer.expect_err("the silent replica cannot answer");
+        assert!(!err.surely_not_sent(), "{err}");
+        assert_eq!(links.current_addr(), other);
+        held.abort();
+    }
+}
