@@ -94,6 +94,8 @@ impl ClientError {
                 Error::NotMember(_) => "not_member",
                 Error::LeaseExpired(_) => "lease_expired",
                 Error::NotLeader { .. } => "not_leader",
+                Error::Unauthenticated(_) => "unauthenticated",
+                Error::PermissionDenied(_) => "permission_denied",
             },
             ClientError::Unreachable { .. } => "unreachable",
             ClientError::Refused { .. } => "refused",
@@ -107,6 +109,7 @@ impl ClientError {
 pub struct Client {
     links: Arc<Vec<ReplicaLink>>,
     timeout: Duration,
+    token: Option<String>,
 }
 
 impl Client {
@@ -123,7 +126,20 @@ impl Client {
         Ok(Client {
             links: Arc::new(links),
             timeout,
+            token: None,
         })
+    }
+
+    /// The same client, sending `token` with every request (for a cluster
+    /// with an auth file).
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token.filter(|t| !t.is_empty());
+        self
+    }
+
+    /// The token sent, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     /// The endpoint addresses, in the order given.
@@ -165,25 +181,30 @@ impl Client {
     ) -> Result<GetReply, ClientError> {
         let key = key.to_vec();
         let ctx = context_with_timeout(self.timeout);
-        self.call(
-            i,
-            |ch| async move { kv_conn(ch).get(ctx, key, level).await },
-        )
+        let token = self.token.clone();
+        self.call(i, |ch| async move {
+            kv_conn(ch).get(ctx, token, key, level).await
+        })
         .await
     }
 
     /// Sends a write through replica `i`, no failover.
     pub async fn write_at(&self, i: usize, op: Op) -> Result<OpResult, ClientError> {
         let ctx = context_with_timeout(self.timeout);
-        self.call(i, |ch| async move { kv_conn(ch).write(ctx, op).await })
-            .await
-            .map(|r| r.result)
+        let token = self.token.clone();
+        self.call(
+            i,
+            |ch| async move { kv_conn(ch).write(ctx, token, op).await },
+        )
+        .await
+        .map(|r| r.result)
     }
 
     /// Status of replica `i`.
     pub async fn status_at(&self, i: usize) -> Result<ParticipantStatus, ClientError> {
         let ctx = context_with_timeout(self.timeout);
-        self.call(i, |ch| async move { kv_conn(ch).status(ctx).await })
+        let token = self.token.clone();
+        self.call(i, |ch| async move { kv_conn(ch).status(ctx, token).await })
             .await
     }
 
@@ -197,11 +218,11 @@ impl Client {
         let mut last = None;
         for i in 0..self.links.len() {
             let ctx = context_with_timeout(self.timeout);
+            let token = self.token.clone();
             match self
-                .call(
-                    i,
-                    |ch| async move { kv_conn(ch).coordinator_status(ctx).await },
-                )
+                .call(i, |ch| async move {
+                    kv_conn(ch).coordinator_status(ctx, token).await
+                })
                 .await
             {
                 Ok(s) => return Ok(s),

@@ -740,6 +740,7 @@ struct Shared {
     keys: KeyGen,
     endpoints: Vec<String>,
     timeout: Duration,
+    token: Option<String>,
     start: Instant,
     /// Operations claimed after the warm-up, for [`Stop::Ops`].
     claimed: AtomicU64,
@@ -749,8 +750,8 @@ struct Shared {
 /// Runs the workload against the cluster `client` points at and returns its
 /// summary.
 ///
-/// Each client task makes its own [`Client`] with `client`'s endpoints and
-/// timeout. `observer` sees every record (warm-up included) as it completes.
+/// Each client task makes its own [`Client`] with `client`'s endpoints,
+/// timeout and token. `observer` sees every record (warm-up included) as it completes.
 /// When `cancel` holds `true` the clients stop before their next operation;
 /// pass the receiver of a `watch::channel(false)` whose sender you keep (or
 /// drop, for no cancellation). Fails only on an invalid spec: operation
@@ -767,6 +768,7 @@ pub async fn run(
         keys: KeyGen::new(spec.keys, spec.key_dist)?,
         endpoints: client.endpoints(),
         timeout: client.timeout(),
+        token: client.token().map(String::from),
         start: Instant::now(),
         claimed: AtomicU64::new(0),
         observer,
@@ -800,6 +802,7 @@ async fn client_loop(id: u32, shared: Arc<Shared>, cancel: watch::Receiver<bool>
     let Ok(client) = Client::new(&shared.endpoints, shared.timeout) else {
         return recorder;
     };
+    let client = client.with_token(shared.token.clone());
     let replicas = shared.endpoints.len();
     let mut rng = SmallRng::seed_from_u64(client_seed(spec.seed, id));
     for seq in 0u64.. {
@@ -919,7 +922,8 @@ pub async fn populate(client: &Client, spec: &WorkloadSpec) -> Result<u64, Clien
         .map(|_| {
             let next = next.clone();
             let spec = spec.clone();
-            let client = Client::new(&client.endpoints(), client.timeout());
+            let client = Client::new(&client.endpoints(), client.timeout())
+                .map(|c| c.with_token(client.token().map(String::from)));
             tokio::spawn(async move {
                 let Ok(client) = client else { return Ok(0) };
                 let mut written = 0u64;

@@ -45,6 +45,14 @@ pub enum Error {
     /// paused), so it refuses linearizable reads. Retry at another replica.
     #[error("lease expired: {0}")]
     LeaseExpired(String),
+    /// The request carried no token, or one this replica does not know
+    /// (the cluster has an auth file). Nothing was done.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The token's role does not allow this request (a `read` token
+    /// writing). Nothing was done.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// This coordinator replica is not the leader; ask `leader` (its
     /// address, empty while no leader is known). Nothing was done.
     #[error("not the leader: {detail}")]
@@ -77,6 +85,8 @@ impl Error {
             Error::NotMember(_) => "not a member",
             Error::LeaseExpired(_) => "lease expired",
             Error::NotLeader { .. } => "not the leader",
+            Error::Unauthenticated(_) => "unauthenticated",
+            Error::PermissionDenied(_) => "permission denied",
         }
     }
 

@@ -12,6 +12,7 @@ pub mod store;
 pub mod types;
 
 pub use error::Error;
+pub mod auth;
 pub mod clock;
 pub mod duration;
 pub mod identity;

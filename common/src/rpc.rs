@@ -36,15 +36,20 @@ use crate::types::{Batch, BatchId, ClusterId, NodeId, Op, OpResult, ReadLevel, V
 /// Client-facing service of a participant.
 #[tarpc::service]
 pub trait Kv {
-    /// Reads `key` at the given level.
-    async fn get(key: Vec<u8>, level: ReadLevel) -> Result<GetReply, Error>;
+    /// Reads `key` at the given level. Every method takes the client's
+    /// token (`None` without one), checked when the replica has an auth
+    /// file: reads and status need the `read` role, writes `readwrite`.
+    async fn get(token: Token, key: Vec<u8>, level: ReadLevel) -> Result<GetReply, Error>;
     /// Forwards a write to the coordinator and waits for its decision.
-    async fn write(op: Op) -> Result<WriteReply, Error>;
+    async fn write(token: Token, op: Op) -> Result<WriteReply, Error>;
     /// This replica's state.
-    async fn status() -> Result<ParticipantStatus, Error>;
+    async fn status(token: Token) -> Result<ParticipantStatus, Error>;
     /// The coordinator's state, as seen through this replica.
-    async fn coordinator_status() -> Result<CoordinatorStatus, Error>;
+    async fn coordinator_status(token: Token) -> Result<CoordinatorStatus, Error>;
 }
+
+/// A client's bearer token, if it has one.
+pub type Token = Option<String>;
 
 /// Peer service of a participant: 2PC and leases from the coordinator,
 /// catch-up from other participants.

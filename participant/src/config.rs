@@ -69,6 +69,12 @@ pub struct Config {
     #[arg(long, env = "QUINTET_STARTUP_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub startup_timeout: Duration,
 
+    /// Client tokens and their roles (see `quintet auth add`): with it,
+    /// every client request needs a known token (`read` for GET and
+    /// status, `readwrite` to write). Reloaded on SIGHUP.
+    #[arg(long, env = "QUINTET_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, env = "QUINTET_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

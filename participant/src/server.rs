@@ -5,20 +5,22 @@
 
 use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use quintet_common::auth::Tokens;
 use quintet_common::identity::{self, Identity};
 use quintet_common::net::{self, LeaderLinks};
 use quintet_common::protocol::participant::{Participant, Record, Snapshot};
 use quintet_common::rpc::{Admin, Kv, ParticipantServe, Peer};
 use quintet_common::storage::{snapshot, wal::Wal, writer::LogWriter};
 use quintet_common::types::Limits;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::node::{Node, Settings};
-use crate::service::Handler;
+use crate::service::{Auth, Handler};
 
 /// Largest WAL record: a full batch plus headroom.
 const MAX_RECORD: usize = net::MAX_FRAME;
@@ -91,6 +93,15 @@ pub fn open_state(
 
 /// Runs a participant until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // A bad auth file stops the start, before anything is opened.
+    let auth: Auth = Arc::new(std::sync::RwLock::new(match &config.auth_file {
+        Some(path) => {
+            let tokens = Tokens::load(path).map_err(anyhow::Error::msg)?;
+            info!(file = %path.display(), tokens = tokens.entries().len(), "client tokens loaded");
+            Some(Arc::new(tokens))
+        }
+        None => None,
+    }));
     let dir = config.data_dir();
     let limits = Limits {
         max_value_len: config.max_value_size,
@@ -147,7 +158,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     );
     let resolver = tokio::spawn(node.clone().resolve_loop(Duration::from_millis(500)));
     let heartbeat = tokio::spawn(node.clone().heartbeat_loop());
-    let handler = Handler(node.clone());
+    let reload = config
+        .auth_file
+        .clone()
+        .map(|path| tokio::spawn(reload_on_sighup(path, auth.clone())));
+    let handler = Handler(node.clone(), auth);
     net::serve(listener, shutdown, move |transport| {
         let service = ParticipantServe {
             admin: <Handler as Admin>::serve(handler.clone()),
@@ -160,7 +175,34 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     node.set_registered(false);
     resolver.abort();
     heartbeat.abort();
+    if let Some(r) = reload {
+        r.abort();
+    }
     node.flush().await;
     info!(node = config.id, "participant stopped");
     Ok(())
+}
+
+/// Reloads the auth file on every SIGHUP; a file that does not parse
+/// leaves the tokens as they were, and says why.
+async fn reload_on_sighup(path: std::path::PathBuf, auth: Auth) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP; the auth file is not reloaded");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match Tokens::load(&path) {
+            Ok(tokens) => {
+                info!(file = %path.display(), tokens = tokens.entries().len(), "client tokens reloaded");
+                match auth.write() {
+                    Ok(mut g) => *g = Some(Arc::new(tokens)),
+                    Err(poisoned) => *poisoned.into_inner() = Some(Arc::new(tokens)),
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "auth file not reloaded; the previous tokens stay in force")
+            }
+        }
+    }
 }

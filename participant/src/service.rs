@@ -7,12 +7,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use quintet_common::auth::{Role, Tokens};
 use quintet_common::error::Error;
 use quintet_common::net::context_with_timeout;
 use quintet_common::rpc::{
     Admin, CatchupPlan, CatchupRequest, ChunkRequest, CoordinatorStatus, DecisionRequest, GetReply,
     Health, Kv, LogChunk, LogRequest, ParticipantStatus, Peer, PrepareRequest, ProbeReply,
-    ProbeRequest, RevokeRequest, SnapshotChunk, Vote, WriteReply, coord_conn,
+    ProbeRequest, RevokeRequest, SnapshotChunk, Token, Vote, WriteReply, coord_conn,
 };
 use quintet_common::types::{Op, ReadLevel};
 use tarpc::context::Context;
@@ -24,9 +25,26 @@ use crate::node::Node;
 /// still reaches the client in time.
 const FORWARD_MARGIN: Duration = Duration::from_millis(150);
 
+/// The tokens a replica accepts: none loaded means no auth file, and
+/// every client is let in. Replaced whole on SIGHUP.
+pub type Auth = Arc<std::sync::RwLock<Option<Arc<Tokens>>>>;
+
 /// The handler tarpc clones per request.
 #[derive(Clone)]
-pub struct Handler(pub Arc<Node>);
+pub struct Handler(pub Arc<Node>, pub Auth);
+
+impl Handler {
+    fn check(&self, token: &Token, need: Role) -> Result<(), Error> {
+        let tokens = match self.1.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        match tokens {
+            Some(t) => t.check(token.as_deref(), need),
+            None => Ok(()),
+        }
+    }
+}
 
 impl Admin for Handler {
     async fn health(self, _: Context) -> Result<Health, Error> {
@@ -35,11 +53,19 @@ impl Admin for Handler {
 }
 
 impl Kv for Handler {
-    async fn get(self, _: Context, key: Vec<u8>, level: ReadLevel) -> Result<GetReply, Error> {
+    async fn get(
+        self,
+        _: Context,
+        token: Token,
+        key: Vec<u8>,
+        level: ReadLevel,
+    ) -> Result<GetReply, Error> {
+        self.check(&token, Role::Read)?;
         self.0.get(key, level).await
     }
 
-    async fn write(self, ctx: Context, op: Op) -> Result<WriteReply, Error> {
+    async fn write(self, ctx: Context, token: Token, op: Op) -> Result<WriteReply, Error> {
+        self.check(&token, Role::ReadWrite)?;
         let left = ctx.deadline.saturating_duration_since(Instant::now());
         let timeout = left
             .saturating_sub(FORWARD_MARGIN)
@@ -47,11 +73,17 @@ impl Kv for Handler {
         self.0.write(op, timeout).await
     }
 
-    async fn status(self, _: Context) -> Result<ParticipantStatus, Error> {
+    async fn status(self, _: Context, token: Token) -> Result<ParticipantStatus, Error> {
+        self.check(&token, Role::Read)?;
         Ok(self.0.status())
     }
 
-    async fn coordinator_status(self, _: Context) -> Result<CoordinatorStatus, Error> {
+    async fn coordinator_status(
+        self,
+        _: Context,
+        token: Token,
+    ) -> Result<CoordinatorStatus, Error> {
+        self.check(&token, Role::Read)?;
         let ctx = context_with_timeout(Duration::from_secs(2));
         match self
             .0

@@ -76,6 +76,8 @@ pub struct Ctx {
     pub timeout: Duration,
     /// How results are printed.
     pub output: Output,
+    /// The client token, if any.
+    pub token: Option<String>,
 }
 
 impl Ctx {
@@ -91,12 +93,15 @@ impl Ctx {
             explicit_endpoints: g.endpoints.is_some(),
             timeout: g.timeout,
             output: g.output,
+            token: g.token.clone(),
         }
     }
 
     /// A client for the endpoints.
     pub fn client(&self) -> Result<Client, Failure> {
-        Client::new(&self.endpoints, self.timeout).map_err(Failure::usage)
+        Client::new(&self.endpoints, self.timeout)
+            .map(|c| c.with_token(self.token.clone()))
+            .map_err(Failure::usage)
     }
 
     /// Turns a 1-based `--at N` into an endpoint index, checking the range.

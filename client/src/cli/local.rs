@@ -40,6 +40,10 @@ pub struct LocalArgs {
     /// Leave a child that exits down instead of starting it again after 1 s.
     #[arg(long)]
     pub no_restart: bool,
+    /// Client tokens for every participant (`quintet auth add` makes the
+    /// file); clients then need --token.
+    #[arg(long, env = "QUINTET_AUTH_FILE", value_name = "FILE")]
+    pub auth_file: Option<PathBuf>,
 }
 
 /// How long a child that exited stays down before it is started again.
@@ -60,11 +64,26 @@ pub async fn run(_ctx: &Ctx, a: LocalArgs) -> Result<i32, Failure> {
         )));
     }
     let temporary = a.dir.is_none();
+    let mut participant_args = Vec::new();
+    if let Some(file) = &a.auth_file {
+        // Checked here so a bad file is one clear error, not five children
+        // failing to start.
+        let tokens = quintet_common::auth::Tokens::load(file).map_err(Failure::usage)?;
+        let file = std::path::absolute(file)
+            .map_err(|e| Failure::usage(format!("--auth-file {}: {e}", file.display())))?;
+        println!(
+            "client tokens: {} ({} entries); clients need --token",
+            file.display(),
+            tokens.entries().len()
+        );
+        participant_args.extend(["--auth-file".to_string(), file.display().to_string()]);
+    }
     let opts = LocalOptions {
         dir: a.dir.clone(),
         base_port: Some(a.base_port),
         participants: a.participants,
         coordinators: a.coordinators,
+        participant_args,
         ..LocalOptions::default()
     };
     let coordinators = if a.coordinators == 1 {

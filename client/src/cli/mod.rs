@@ -8,6 +8,7 @@
 //! [`commands::Reply`] or a [`commands::Failure`]; only this module and the
 //! script runners print them, so exit codes are decided in one place.
 
+pub mod auth;
 pub mod commands;
 pub mod demo;
 pub mod failover;
@@ -66,6 +67,10 @@ pub struct Global {
     /// Output format. JSON values are strings: non-UTF-8 bytes are shown as U+FFFD.
     #[arg(long, global = true, env = "QUINTET_OUTPUT", value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// Token for a cluster with an auth file (prefer QUINTET_TOKEN: a flag
+    /// shows in `ps`).
+    #[arg(long, global = true, env = "QUINTET_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Arguments of `demo`.
@@ -102,6 +107,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Drive a workload (C closed-loop clients) and report ops/s and latency percentiles.
     Bench(quintet_client::bench::BenchArgs),
+    /// Manage an auth file of client tokens: `auth add`, `auth list`.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
 }
 
 impl Command {
@@ -116,6 +124,7 @@ impl Command {
                 | Command::Status(_)
                 | Command::Health(_)
                 | Command::Run(_)
+                | Command::Auth(_)
         )
     }
 }
@@ -138,6 +147,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Shell => shell::run(&rt, &ctx),
         Command::Run(args) => script::run_file(&rt, &ctx, &args),
         Command::Local(args) => rt.block_on(local::run(&ctx, args)),
+        Command::Auth(a) => auth::run(a),
         Command::Demo(a) if a.failover => rt.block_on(failover::run(&ctx)),
         Command::Demo(_) => rt.block_on(demo::run(&ctx)),
         Command::Bench(args) => {

@@ -189,7 +189,7 @@ impl StatusReport {
         };
         for row in participants.iter().filter(|r| r.status.is_ok()) {
             let one = match Client::new(std::slice::from_ref(&row.address), client.timeout()) {
-                Ok(c) => c,
+                Ok(c) => c.with_token(client.token().map(String::from)),
                 Err(e) => {
                     coordinator.status = Err(e);
                     continue;
