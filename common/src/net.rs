@@ -6,7 +6,11 @@
 //! prefix, a truncated frame or garbage bytes fail decoding, which ends that
 //! one connection with a warning and leaves every other connection alone.
 //! Connections are capped too (a semaphore, as in mini-redis), so a client
-//! that connects and stalls can hold at most one slot.
+//! that connects and stalls can hold at most one slot, and only for a while:
+//! a connection must deliver its first request within
+//! [`FIRST_REQUEST_TIMEOUT`], and a frame that has started must finish
+//! within [`FRAME_TIMEOUT`]. A connection may have at most
+//! [`MAX_IN_FLIGHT_PER_CONNECTION`] requests in flight.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -107,13 +111,133 @@ pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
 /// before it is dropped as stalled.
 pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a frame may take to arrive once its first byte has: a peer
+/// that stops inside a frame is dropped after this (16 MiB in 10 s is
+/// 1.6 MB/s, far below any link the cluster runs on).
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most requests one connection may have in flight at a server; more are
+/// refused at once (as throttled, never executed).
+pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 4096;
+
+/// A server connection's byte stream that fails with `TimedOut` when a
+/// frame started arriving more than `limit` ago and is still incomplete.
+/// It follows the frame boundaries of the length-delimited codec (a 4-byte
+/// big-endian length, then that many bytes) as bytes go by; between
+/// frames the connection may idle as long as it likes.
+pub struct FrameTimeout<S> {
+    inner: S,
+    limit: Duration,
+    /// Bytes of the current frame's length prefix seen so far.
+    header: [u8; 4],
+    header_len: usize,
+    /// Payload bytes of the current frame still to come.
+    remaining: u64,
+    /// When the current frame's first byte arrived, as a timer.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> FrameTimeout<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, limit: Duration) -> Self {
+        FrameTimeout {
+            inner,
+            limit,
+            header: [0; 4],
+            header_len: 0,
+            remaining: 0,
+            deadline: None,
+        }
+    }
+
+    fn mid_frame(&self) -> bool {
+        self.header_len > 0 || self.remaining > 0
+    }
+
+    /// Follows the frame boundaries through bytes just read.
+    fn track(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if !self.mid_frame() && self.deadline.is_none() {
+                self.deadline = Some(Box::pin(tokio::time::sleep(self.limit)));
+            }
+            if self.remaining > 0 {
+                let n = bytes.len().min(self.remaining as usize);
+                self.remaining -= n as u64;
+                bytes = &bytes[n..];
+            } else {
+                self.header[self.header_len] = bytes[0];
+                self.header_len += 1;
+                bytes = &bytes[1..];
+                if self.header_len == 4 {
+                    self.header_len = 0;
+                    self.remaining = u64::from(u32::from_be_bytes(self.header));
+                }
+            }
+            if !self.mid_frame() {
+                self.deadline = None;
+            }
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FrameTimeout<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let fresh = buf.filled()[before..].to_vec();
+                this.track(&fresh);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if let Some(d) = this.deadline.as_mut()
+                    && d.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "a request frame stalled: incomplete {:?} after its first byte",
+                            this.limit
+                        ),
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FrameTimeout<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// The server side of one connection: decoded requests in, responses out.
 /// Decode failures and a stalled start are logged (with the peer) and end
 /// the connection.
 pub type ServerTransport<Req, Resp> = futures::stream::InspectErr<
     FirstFrameDeadline<
         serde_transport::Transport<
-            TcpStream,
+            FrameTimeout<TcpStream>,
             ClientMessage<Req>,
             Response<Resp>,
             Bincode<ClientMessage<Req>, Response<Resp>>,
@@ -225,7 +349,10 @@ pub async fn serve<Req, Resp, F, Fut>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let framed = tarpc::tokio_util::codec::Framed::new(stream, codec());
+        let framed = tarpc::tokio_util::codec::Framed::new(
+            FrameTimeout::new(stream, FRAME_TIMEOUT),
+            codec(),
+        );
         let log: Box<dyn Fn(&io::Error) + Send + Sync> = Box::new(
             move |e| warn!(%peer, error = ?e, "dropping connection: unreadable or stalled request"),
         );
@@ -253,6 +380,7 @@ macro_rules! execute {
         let mut config = ::tarpc::server::Config::default();
         config.pending_response_buffer = 1024;
         ::tarpc::server::BaseChannel::new(config, $transport)
+            .max_concurrent_requests($crate::net::MAX_IN_FLIGHT_PER_CONNECTION)
             .execute($service)
             .for_each(|response| async move {
                 ::tokio::spawn(response);
@@ -298,14 +426,20 @@ impl LinkError {
     /// True when the request surely never reached the server: no connection,
     /// or tarpc could not even encode it into the send buffer.
     pub fn surely_not_sent(&self) -> bool {
-        matches!(
-            self,
+        match self {
             LinkError::Connect { .. }
-                | LinkError::Rpc {
-                    source: RpcError::Send(_),
-                    ..
-                }
-        )
+            | LinkError::Rpc {
+                source: RpcError::Send(_),
+                ..
+            } => true,
+            // The server throttled it (too many in flight on the
+            // connection): refused before it ran.
+            LinkError::Rpc {
+                source: RpcError::Server(e),
+                ..
+            } => e.kind == io::ErrorKind::WouldBlock,
+            LinkError::Rpc { .. } => false,
+        }
     }
 }
 
@@ -480,6 +614,28 @@ pub fn context_with_timeout(timeout: Duration) -> tarpc::context::Context {
 mod tests {
     use super::*;
     use crate::rpc::{CoordinatorRequest, CoordinatorResponse, coord_conn};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_that_stalls_midway_times_out_and_idle_between_frames_does_not() {
+        let (mut peer, server) = tokio::io::duplex(1024);
+        let mut conn = FrameTimeout::new(server, Duration::from_secs(10));
+        let mut buf = [0u8; 64];
+        // A whole frame (length 3), then a long idle: fine.
+        peer.write_all(&[0, 0, 0, 3, b'a', b'b', b'c'])
+            .await
+            .unwrap();
+        assert_eq!(conn.read(&mut buf).await.unwrap(), 7);
+        let idle = tokio::time::timeout(Duration::from_secs(60), conn.read(&mut buf)).await;
+        assert!(idle.is_err(), "idle between frames is allowed");
+        // Half a frame, then nothing: dropped after the limit.
+        peer.write_all(&[0, 0, 0, 100, 1, 2]).await.unwrap();
+        assert_eq!(conn.read(&mut buf).await.unwrap(), 6);
+        let started = tokio::time::Instant::now();
+        let err = conn.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(started.elapsed() >= Duration::from_secs(9));
+    }
 
     /// A replica that accepts connections and never answers (paused, or
     /// cut off after the handshake) makes the call time out, and the next

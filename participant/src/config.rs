@@ -80,7 +80,26 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// Room a frame keeps besides one value: the key (at most 4 KiB), the
+/// batch and envelope headers.
+const FRAME_HEADROOM: usize = 64 << 10;
+
+/// Largest `--max-value-size`: one write travels in one frame.
+pub const MAX_VALUE_LIMIT: usize = quintet_common::net::MAX_FRAME - FRAME_HEADROOM;
+
 impl Config {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.max_value_size == 0 || self.max_value_size > MAX_VALUE_LIMIT {
+            anyhow::bail!(
+                "--max-value-size {} cannot work: a write travels in one frame of at most {} bytes with its key and headers; give 1 to {MAX_VALUE_LIMIT}",
+                self.max_value_size,
+                quintet_common::net::MAX_FRAME
+            );
+        }
+        Ok(())
+    }
+
     /// The listen address after defaults.
     pub fn listen_addr(&self) -> String {
         self.listen

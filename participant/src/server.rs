@@ -93,6 +93,7 @@ pub fn open_state(
 
 /// Runs a participant until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    config.validate()?;
     // A bad auth file stops the start, before anything is opened.
     let auth: Auth = Arc::new(std::sync::RwLock::new(match &config.auth_file {
         Some(path) => {

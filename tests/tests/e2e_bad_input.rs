@@ -392,3 +392,28 @@ async fn silent_clients_filling_every_connection_slot_are_dropped_and_service_re
     .await;
     drop(silent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_max_value_size_no_frame_can_carry_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<String> = [
+        "--id",
+        "1",
+        "--max-value-size",
+        "20000000",
+        "--coordinator",
+        "127.0.0.1:1",
+        "--data-dir",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([dir.path().join("p1").display().to_string()])
+    .collect();
+    let (ok, stderr) = run_participant(&args).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("--max-value-size 20000000 cannot work") && stderr.contains("give 1 to"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("p1").exists(), "nothing was created");
+}
