@@ -104,6 +104,12 @@ pub struct Config {
     #[arg(long, env = "QUINTET_COMPACT_ENTRIES", default_value_t = 50_000)]
     pub compact_entries: usize,
 
+    /// Free space (MiB) kept on the data dir's file system: below it, the
+    /// leader refuses new writes ("unavailable", nothing applied); they
+    /// resume once space is freed.
+    #[arg(long, env = "QUINTET_MIN_FREE_MIB", default_value_t = 32)]
+    pub min_free_mib: u64,
+
     /// Log format.
     #[arg(long, env = "QUINTET_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -154,6 +154,9 @@ pub struct Settings {
     /// A leader grants leases only while a quorum answered it within this
     /// (the election timeout).
     pub lease_guard: Duration,
+    /// New writes are refused while the data dir's file system has less
+    /// free than this.
+    pub min_free_bytes: u64,
 }
 
 /// The queue of encoded Raft messages to one peer's sender task.
@@ -183,6 +186,8 @@ pub struct Driver {
     cluster_tag: Arc<AtomicU64>,
     /// When Raft messages of another cluster were last reported.
     last_foreign: Option<Instant>,
+    /// The last free-space check: when, and the refusal it gave.
+    space: Option<(Instant, Option<String>)>,
 }
 
 pub(crate) fn encode(record: &RaftRecord) -> Vec<u8> {
@@ -219,6 +224,7 @@ impl Driver {
             bootstrap_peers: BTreeMap::new(),
             cluster_tag: Arc::new(AtomicU64::new(0)),
             last_foreign: None,
+            space: None,
         };
         driver.sync_peers();
         driver
@@ -582,6 +588,13 @@ impl Driver {
                 let _ = reply.send(answer);
                 Vec::new()
             }
+            Event::Submit(_, reply) if self.sm.is_some() && self.disk_short().is_some() => {
+                let why = self.disk_short().unwrap_or_default();
+                let _ = reply.send(Err(Error::Unavailable(format!(
+                    "the coordinator's {why}; nothing was applied"
+                ))));
+                Vec::new()
+            }
             ev => {
                 if self.sm.is_none() {
                     reply_not_leader(ev, self.not_leader());
@@ -631,6 +644,25 @@ impl Driver {
             }
         };
         self.execute(actions);
+    }
+
+    /// Why writes must be refused for lack of disk space, checked at most
+    /// every 100 ms; says so when it starts and when it ends.
+    fn disk_short(&mut self) -> Option<String> {
+        if let Some((at, why)) = &self.space
+            && at.elapsed() < Duration::from_millis(100)
+        {
+            return why.clone();
+        }
+        let why = quintet_common::storage::space::shortage(&self.s.dir, self.s.min_free_bytes);
+        let was = self.space.as_ref().is_some_and(|(_, w)| w.is_some());
+        match (&why, was) {
+            (Some(w), false) => warn!(why = %w, "refusing new writes until disk space is freed"),
+            (None, true) => info!("disk space is back above the reserve; taking writes again"),
+            _ => {}
+        }
+        self.space = Some((Instant::now(), why.clone()));
+        why
     }
 
     fn health(&self) -> Health {

@@ -178,6 +178,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         compact_entries: config.compact_entries.max(1),
         takeover_wait,
         lease_guard: tick_every * election_ticks as u32,
+        min_free_bytes: config.min_free_mib << 20,
     };
     info!(
         id = config.id,

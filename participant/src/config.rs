@@ -69,6 +69,12 @@ pub struct Config {
     #[arg(long, env = "QUINTET_STARTUP_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub startup_timeout: Duration,
 
+    /// Free space (MiB) kept on the data dir's file system: below it, the
+    /// replica votes NO on writes ("disk full") and keeps serving reads;
+    /// writes resume once space is freed.
+    #[arg(long, env = "QUINTET_MIN_FREE_MIB", default_value_t = 32)]
+    pub min_free_mib: u64,
+
     /// Client tokens and their roles (see `quintet auth add`): with it,
     /// every client request needs a known token (`read` for GET and
     /// status, `readwrite` to write). Reloaded on SIGHUP.

@@ -61,6 +61,9 @@ pub struct Node {
     advertise: String,
     pub(crate) data_dir: PathBuf,
     snapshot_bytes: u64,
+    min_free_bytes: u64,
+    /// Whether the last prepare found the disk below its reserve.
+    disk_full: AtomicBool,
     pub(crate) snapshotting: Arc<AtomicBool>,
     registered: AtomicBool,
     pub(crate) catchup: Mutex<CatchupTask>,
@@ -89,6 +92,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Snapshot after this many bytes of log.
     pub snapshot_bytes: u64,
+    /// Vote NO on prepares while the data dir's file system has less free.
+    pub min_free_bytes: u64,
 }
 
 pub(crate) fn encode(record: &Record) -> Vec<u8> {
@@ -120,6 +125,8 @@ impl Node {
             advertise: settings.advertise,
             data_dir: settings.data_dir,
             snapshot_bytes: settings.snapshot_bytes,
+            min_free_bytes: settings.min_free_bytes,
+            disk_full: AtomicBool::new(false),
             snapshotting: Arc::new(AtomicBool::new(false)),
             registered: AtomicBool::new(false),
             catchup: Mutex::new(CatchupTask::default()),
@@ -354,6 +361,9 @@ impl Node {
         req: quintet_common::rpc::PrepareRequest,
     ) -> Result<Result<quintet_common::rpc::Vote, Error>, Error> {
         let _turn = self.prepare_turn.lock().await;
+        if let Some(vote) = self.refuse_when_disk_full() {
+            return Ok(Ok(vote));
+        }
         let gap = self.lock().sm.learner_gap(&req);
         if let Some(target) = gap
             && self.task().is_following()
@@ -361,6 +371,25 @@ impl Node {
             crate::catchup::close_gap(self, target).await;
         }
         self.step(|sm| sm.prepare(&req)).await
+    }
+
+    /// A NO vote while the disk is below its reserve: nothing of the batch is
+    /// written, reads go on, and the next prepare after space is freed is
+    /// voted on as usual. Says so once when it starts and once when it ends.
+    fn refuse_when_disk_full(&self) -> Option<quintet_common::rpc::Vote> {
+        let short = quintet_common::storage::space::shortage(&self.data_dir, self.min_free_bytes);
+        let was = self.disk_full.swap(short.is_some(), Ordering::AcqRel);
+        match (&short, was) {
+            (Some(why), false) => {
+                warn!(node = self.id, %why, "voting no on every write until disk space is freed")
+            }
+            (None, true) => info!(
+                node = self.id,
+                "disk space is back above the reserve; voting on writes again"
+            ),
+            _ => {}
+        }
+        short.map(quintet_common::rpc::Vote::No)
     }
 
     /// Where this replica stands, answered only once that state is durable:

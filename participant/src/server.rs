@@ -25,6 +25,12 @@ use crate::service::{Auth, Handler};
 /// Largest WAL record: a full batch plus headroom.
 const MAX_RECORD: usize = net::MAX_FRAME;
 
+/// Connect timeout towards coordinator replicas. Short: a coordinator
+/// host that died without refusing connections (a container gone from an
+/// overlay network) must not hold up renewals for long, or the new leader
+/// drops members that were only waiting on the old one.
+const COORDINATOR_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Rebuilds the replica's state from its data dir.
 pub fn open_state(
     dir: &Path,
@@ -115,7 +121,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         sm.registered(i.cluster, 0);
     }
     let listener = net::bind(&config.listen_addr()).await?;
-    let link = LeaderLinks::new(&config.coordinator, Duration::from_secs(2));
+    let link = LeaderLinks::new(&config.coordinator, COORDINATOR_CONNECT_TIMEOUT);
     let settings = Settings {
         id: config.id,
         limits,
@@ -124,6 +130,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         advertise: config.advertise_addr(),
         data_dir: dir.clone(),
         snapshot_bytes: config.snapshot_mib.max(1) << 20,
+        min_free_bytes: config.min_free_mib << 20,
     };
     let node = Node::new(settings, sm, log, link);
     let reply = node

@@ -7,6 +7,8 @@
 //!   snapshot covers it, which keeps disk use and restart time bounded.
 //! - [`snapshot`] writes and loads whole-state snapshots atomically
 //!   (temp file, fsync, rename, fsync dir).
+//! - [`space`] checks the free space a server keeps in reserve before it
+//!   takes on a write.
 //! - [`writer::LogWriter`] puts a dedicated thread in front of a `Wal` so
 //!   async request handlers can log without blocking the runtime and get
 //!   group commit (one fsync for many records) for free.
@@ -19,6 +21,7 @@
 
 pub mod error;
 pub mod snapshot;
+pub mod space;
 pub mod wal;
 pub mod writer;
 
