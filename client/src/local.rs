@@ -44,8 +44,9 @@ impl std::fmt::Display for Node {
 pub struct LocalOptions {
     /// Data and log directory; `None` makes a temp dir removed on drop.
     pub dir: Option<PathBuf>,
-    /// Coordinator port; participant i gets base + i, coordinator replica
-    /// i > 1 gets base + 10 (i - 1). `None` finds free ports.
+    /// Coordinator port; participant i gets base + i for clients and base +
+    /// 100 + i for peers ([`PEER_PORT_OFFSET`]), coordinator replica i > 1
+    /// gets base + 10 (i - 1). `None` finds free ports.
     pub base_port: Option<u16>,
     /// Number of participants (1..=7).
     pub participants: u32,
@@ -58,10 +59,11 @@ pub struct LocalOptions {
     /// Where the server binaries are; `None` looks next to this executable.
     pub bin_dir: Option<PathBuf>,
     /// The addresses the coordinator's `--participants` names, participant
-    /// 1 first (proxies in front of them, say); `None`: their own addresses.
-    /// When set, or when `coordinator_addr_for_participants` is, every
-    /// participant also gets `--advertise` with its own address, so
-    /// catch-up between participants goes straight to them.
+    /// 1 first (proxies in front of their peer ports, say); `None`: their
+    /// own peer addresses. When set, or when
+    /// `coordinator_addr_for_participants` is, every participant also gets
+    /// `--advertise-peer` with its own peer address, so catch-up between
+    /// participants goes straight to them.
     pub participant_addrs_for_coordinator: Option<Vec<String>>,
     /// The `--coordinator` address list (comma-separated) of each
     /// participant, participant 1 first; `None`: every coordinator
@@ -128,13 +130,26 @@ pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
     )
 }
 
-/// A port `p` such that `p..=p+n` are all free on 127.0.0.1 right now.
+/// Participant i's peer port is its client port plus this (7801 for
+/// participant 1 of a cluster on 7700, as `--peer-listen` defaults).
+pub const PEER_PORT_OFFSET: u16 = 100;
+
+/// Participant `i`'s peer address in a local cluster on `base_port`.
+pub fn peer_addr(base_port: u16, i: u32) -> String {
+    format!("127.0.0.1:{}", base_port + PEER_PORT_OFFSET + i as u16)
+}
+
+/// A port `p` such that `p..=p+n` are all free on 127.0.0.1 right now,
+/// and so are the peer ports of seven participants above it.
 pub fn free_base_port(n: u32) -> anyhow::Result<u16> {
     // Probe blocks of n+1 consecutive ports; a port we can bind now is very
     // likely still free a moment later when the child binds it.
     for _ in 0..200 {
         let base: u16 = rand::random_range(20_000..60_000);
-        let all_free = (0..=n as u16).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        let peers = (1..=7).map(|i| PEER_PORT_OFFSET + i);
+        let all_free = (0..=n as u16)
+            .chain(peers)
+            .all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
         if all_free {
             return Ok(base);
         }
@@ -271,6 +286,18 @@ impl LocalCluster {
         }
     }
 
+    /// Participant `i`'s peer address (2PC and catch-up; not for clients).
+    pub fn peer_addr(&self, i: u32) -> String {
+        peer_addr(self.base_port, i)
+    }
+
+    /// Participant peer addresses, in id order.
+    pub fn peer_endpoints(&self) -> Vec<String> {
+        (1..=self.opts.participants)
+            .map(|i| self.peer_addr(i))
+            .collect()
+    }
+
     /// Participant addresses, in id order.
     pub fn endpoints(&self) -> Vec<String> {
         (1..=self.opts.participants)
@@ -353,7 +380,7 @@ impl LocalCluster {
                     .as_ref()
                     .and_then(|by| by.get(i as usize - 1).cloned())
                     .or_else(|| self.opts.participant_addrs_for_coordinator.clone())
-                    .unwrap_or_else(|| self.endpoints());
+                    .unwrap_or_else(|| self.peer_endpoints());
                 c.arg("--participants").arg(participants.join(","));
                 c.args(&self.opts.coordinator_args);
                 c
@@ -362,6 +389,7 @@ impl LocalCluster {
                 let mut c = Command::new(self.bin_dir.join("quintet-participant"));
                 c.arg("--id").arg(i.to_string());
                 c.arg("--listen").arg(self.addr(node));
+                c.arg("--peer-listen").arg(self.peer_addr(i));
                 let coordinator = self
                     .opts
                     .coordinator_addr_for_participants
@@ -373,7 +401,7 @@ impl LocalCluster {
                     || self.opts.participant_addrs_by_coordinator.is_some()
                     || self.opts.coordinator_addr_for_participants.is_some()
                 {
-                    c.arg("--advertise").arg(self.addr(node));
+                    c.arg("--advertise-peer").arg(self.peer_addr(i));
                 }
                 c.args(&self.opts.participant_args);
                 c

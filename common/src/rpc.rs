@@ -9,14 +9,19 @@
 //! - [`CoordPeer`]: what coordinator replicas call on each other (Raft);
 //! - [`Admin`]: health, answered by every server.
 //!
-//! A participant serves `Admin`, `Kv` and `Peer` on its one `--listen` port;
-//! the coordinator serves `Admin` and `Coord`. Each port speaks one envelope
-//! enum ([`ParticipantRequest`], [`CoordinatorRequest`]) whose variant says
-//! which trait a call belongs to, so the traits stay separate in code and a
-//! later change can move `Peer` to its own authenticated port (as etcd splits
-//! client and peer ports) without touching a method. `Admin` is variant 0 of
+//! A participant serves `Admin` and `Kv` on its client port (`--listen`)
+//! and `Admin` and `Peer` on its peer port (`--peer-listen`), as etcd splits
+//! client and peer ports; the coordinator serves `Admin`, `Coord` and
+//! `CoordPeer` on its one port. Callers send one envelope enum per server
+//! ([`ParticipantRequest`], [`CoordinatorRequest`]) whose variant says which
+//! trait a call belongs to. A participant's two ports each decode their own
+//! envelope with the same variant numbers ([`ClientPortRequest`],
+//! [`PeerPortRequest`]), in which the other port's variant does not exist:
+//! a 2PC call sent to the client port (or a client call sent to the peer
+//! port) fails to decode and its connection is dropped, so no client can
+//! ever reach `prepare` through the client port. `Admin` is variant 0 of
 //! every envelope: [`AdminOnlyRequest`] encodes identically, which is what
-//! lets `quintet health` probe any server without knowing its role.
+//! lets `quintet health` probe any port without knowing its role.
 //!
 //! Methods return `Result<T, Error>`; callers see `Result<Result<T, Error>,
 //! RpcError>` and must keep transport failures (outcome may be unknown) apart
@@ -597,18 +602,20 @@ pub struct Health {
     pub detail: String,
 }
 
-/// Everything a participant's port accepts.
+/// What callers send a participant: client calls to its client port, 2PC
+/// and catch-up calls to its peer port. Each port decodes only its own
+/// variants ([`ClientPortRequest`], [`PeerPortRequest`]).
 #[derive(Serialize, Deserialize, Debug)]
 pub enum ParticipantRequest {
     /// Health probes (variant 0 on every port).
     Admin(AdminRequest),
-    /// Client calls.
+    /// Client calls (client port only).
     Kv(KvRequest),
-    /// Coordinator calls.
+    /// Coordinator and catch-up calls (peer port only).
     Peer(PeerRequest),
 }
 
-/// Everything a participant's port answers.
+/// What a participant's ports answer.
 #[derive(Serialize, Deserialize, Debug)]
 pub enum ParticipantResponse {
     /// Health answers.
@@ -616,6 +623,53 @@ pub enum ParticipantResponse {
     /// Client answers.
     Kv(KvResponse),
     /// 2PC answers.
+    Peer(PeerResponse),
+}
+
+/// A variant a port does not serve: it has no value, so a request that
+/// names it fails to decode and the connection is dropped unread.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
+pub enum NotServed {}
+
+/// What a participant's client port (`--listen`) decodes: variants 0 and 1
+/// of [`ParticipantRequest`]. Variant 2 (`Peer`) does not exist here.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum ClientPortRequest {
+    /// Health probes.
+    Admin(AdminRequest),
+    /// Client calls.
+    Kv(KvRequest),
+}
+
+/// What a participant's client port answers (decodes as [`ParticipantResponse`]).
+#[derive(Serialize, Deserialize, Debug)]
+pub enum ClientPortResponse {
+    /// Health answers.
+    Admin(AdminResponse),
+    /// Client answers.
+    Kv(KvResponse),
+}
+
+/// What a participant's peer port (`--peer-listen`) decodes: variants 0
+/// and 2 of [`ParticipantRequest`]; variant 1 (`Kv`) cannot be decoded.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum PeerPortRequest {
+    /// Health probes.
+    Admin(AdminRequest),
+    /// The client port's variant, never served here.
+    Kv(NotServed),
+    /// Coordinator and catch-up calls.
+    Peer(PeerRequest),
+}
+
+/// What a participant's peer port answers (decodes as [`ParticipantResponse`]).
+#[derive(Serialize, Deserialize, Debug)]
+pub enum PeerPortResponse {
+    /// Health answers.
+    Admin(AdminResponse),
+    /// Never sent.
+    Kv(NotServed),
+    /// 2PC and catch-up answers.
     Peer(PeerResponse),
 }
 
@@ -667,8 +721,19 @@ macro_rules! request_name {
 }
 request_name! {
     ParticipantRequest { Admin, Kv, Peer }
+    ClientPortRequest { Admin, Kv }
     CoordinatorRequest { Admin, Coord, Raft }
     AdminOnlyRequest { Admin }
+}
+
+impl RequestName for PeerPortRequest {
+    fn name(&self) -> &str {
+        match self {
+            PeerPortRequest::Admin(r) => r.name(),
+            PeerPortRequest::Kv(never) => match *never {},
+            PeerPortRequest::Peer(r) => r.name(),
+        }
+    }
 }
 
 /// A client stub for one service carried inside an envelope channel.
@@ -783,36 +848,59 @@ pub fn admin_conn(channel: Channel<AdminOnlyRequest, AdminOnlyResponse>) -> Admi
     })
 }
 
-/// Serves a participant's three services on one port.
+/// Serves a participant's client port: health and client calls.
 #[derive(Clone)]
-pub struct ParticipantServe<A, K, P> {
+pub struct ClientPortServe<A, K> {
     /// Health.
     pub admin: ServeAdmin<A>,
     /// Client calls.
     pub kv: ServeKv<K>,
-    /// 2PC calls.
-    pub peer: ServePeer<P>,
 }
 
-impl<A: Admin, K: Kv, P: Peer> Serve for ParticipantServe<A, K, P> {
-    type Req = ParticipantRequest;
-    type Resp = ParticipantResponse;
+impl<A: Admin, K: Kv> Serve for ClientPortServe<A, K> {
+    type Req = ClientPortRequest;
+    type Resp = ClientPortResponse;
 
     async fn serve(
         self,
         ctx: context::Context,
-        req: ParticipantRequest,
-    ) -> Result<ParticipantResponse, ServerError> {
+        req: ClientPortRequest,
+    ) -> Result<ClientPortResponse, ServerError> {
         match req {
-            ParticipantRequest::Admin(r) => self
+            ClientPortRequest::Admin(r) => self
                 .admin
                 .serve(ctx, r)
                 .await
-                .map(ParticipantResponse::Admin),
-            ParticipantRequest::Kv(r) => self.kv.serve(ctx, r).await.map(ParticipantResponse::Kv),
-            ParticipantRequest::Peer(r) => {
-                self.peer.serve(ctx, r).await.map(ParticipantResponse::Peer)
+                .map(ClientPortResponse::Admin),
+            ClientPortRequest::Kv(r) => self.kv.serve(ctx, r).await.map(ClientPortResponse::Kv),
+        }
+    }
+}
+
+/// Serves a participant's peer port: health, 2PC and catch-up.
+#[derive(Clone)]
+pub struct PeerPortServe<A, P> {
+    /// Health.
+    pub admin: ServeAdmin<A>,
+    /// 2PC and catch-up calls.
+    pub peer: ServePeer<P>,
+}
+
+impl<A: Admin, P: Peer> Serve for PeerPortServe<A, P> {
+    type Req = PeerPortRequest;
+    type Resp = PeerPortResponse;
+
+    async fn serve(
+        self,
+        ctx: context::Context,
+        req: PeerPortRequest,
+    ) -> Result<PeerPortResponse, ServerError> {
+        match req {
+            PeerPortRequest::Admin(r) => {
+                self.admin.serve(ctx, r).await.map(PeerPortResponse::Admin)
             }
+            PeerPortRequest::Kv(never) => match never {},
+            PeerPortRequest::Peer(r) => self.peer.serve(ctx, r).await.map(PeerPortResponse::Peer),
         }
     }
 }
@@ -869,6 +957,38 @@ pub fn describe_rpc_error(e: &RpcError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_participant_port_decodes_only_its_own_calls() {
+        let peer = ParticipantRequest::Peer(PeerRequest::Abort {
+            req: DecisionRequest {
+                cluster: ClusterId(7),
+                to: 1,
+                batch: BatchId { epoch: 1, seq: 1 },
+            },
+        });
+        let kv = ParticipantRequest::Kv(KvRequest::Status { token: None });
+        let health = ParticipantRequest::Admin(AdminRequest::Health {});
+        let (peer, kv, health) = (
+            bincode::serialize(&peer).unwrap(),
+            bincode::serialize(&kv).unwrap(),
+            bincode::serialize(&health).unwrap(),
+        );
+        assert!(bincode::deserialize::<ClientPortRequest>(&peer).is_err());
+        assert!(bincode::deserialize::<ClientPortRequest>(&kv).is_ok());
+        assert!(bincode::deserialize::<PeerPortRequest>(&kv).is_err());
+        assert!(matches!(
+            bincode::deserialize::<PeerPortRequest>(&peer),
+            Ok(PeerPortRequest::Peer(PeerRequest::Abort { .. }))
+        ));
+        assert!(bincode::deserialize::<ClientPortRequest>(&health).is_ok());
+        assert!(bincode::deserialize::<PeerPortRequest>(&health).is_ok());
+        // What the ports answer decodes as the callers' envelope.
+        let answer = PeerPortResponse::Peer(PeerResponse::Abort(Ok(())));
+        let decoded: ParticipantResponse =
+            bincode::deserialize(&bincode::serialize(&answer).unwrap()).unwrap();
+        assert!(matches!(decoded, ParticipantResponse::Peer(_)));
+    }
 
     #[test]
     fn admin_probe_encodes_like_every_envelope() {

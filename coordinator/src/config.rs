@@ -44,12 +44,13 @@ pub struct Config {
     #[arg(long, env = "QUINTET_ADVERTISE")]
     pub advertise: Option<String>,
 
-    /// Participant addresses, comma-separated; their order gives the ids 1..=N.
+    /// The participants' peer addresses (their --peer-listen, not the
+    /// client port), comma-separated; their order gives the ids 1..=N.
     #[arg(
         long,
         env = "QUINTET_PARTICIPANTS",
         value_delimiter = ',',
-        default_value = "127.0.0.1:7701,127.0.0.1:7702,127.0.0.1:7703,127.0.0.1:7704,127.0.0.1:7705"
+        default_value = "127.0.0.1:7801,127.0.0.1:7802,127.0.0.1:7803,127.0.0.1:7804,127.0.0.1:7805"
     )]
     pub participants: Vec<String>,
 

@@ -17,9 +17,16 @@ pub struct Config {
     #[arg(long, env = "QUINTET_ID", value_parser = parse_id)]
     pub id: NodeId,
 
-    /// Address to serve clients and the coordinator on [default: 127.0.0.1:770ID].
+    /// Address to serve clients on [default: 127.0.0.1:770ID]. Only the
+    /// client calls (get, put, delete, status) and health are served here.
     #[arg(long, env = "QUINTET_LISTEN")]
     pub listen: Option<String>,
+
+    /// Address to serve the coordinator and other participants (2PC,
+    /// leases, catch-up) on [default: 127.0.0.1:780ID]. Keep it on a
+    /// network only the cluster's servers reach.
+    #[arg(long, env = "QUINTET_PEER_LISTEN")]
+    pub peer_listen: Option<String>,
 
     /// The coordinator's address, or every coordinator replica's,
     /// comma-separated (requests go to whichever leads).
@@ -31,11 +38,11 @@ pub struct Config {
     )]
     pub coordinator: Vec<String>,
 
-    /// The address other participants reach this one on to catch up from it
-    /// [default: --listen, unless it listens on all interfaces; then the
-    /// coordinator's address for it].
-    #[arg(long, env = "QUINTET_ADVERTISE")]
-    pub advertise: Option<String>,
+    /// The address of this replica's peer port as other participants reach
+    /// it to catch up from it [default: --peer-listen, unless it listens on
+    /// all interfaces; then the coordinator's --participants entry for it].
+    #[arg(long, env = "QUINTET_ADVERTISE_PEER", alias = "advertise")]
+    pub advertise_peer: Option<String>,
 
     /// How often to renew the lease with the coordinator (H). Must match
     /// the coordinator's --heartbeat.
@@ -103,6 +110,12 @@ impl Config {
                 quintet_common::net::MAX_FRAME
             );
         }
+        if self.listen_addr() == self.peer_listen_addr() {
+            anyhow::bail!(
+                "--listen and --peer-listen are both {}: clients and peers need separate ports; give another --peer-listen",
+                self.listen_addr()
+            );
+        }
         Ok(())
     }
 
@@ -113,13 +126,20 @@ impl Config {
             .unwrap_or_else(|| format!("127.0.0.1:{}", 7700 + self.id))
     }
 
-    /// The address to advertise for catch-up, or empty to let the
-    /// coordinator use its own address for this replica.
+    /// The peer listen address after defaults.
+    pub fn peer_listen_addr(&self) -> String {
+        self.peer_listen
+            .clone()
+            .unwrap_or_else(|| format!("127.0.0.1:{}", 7800 + self.id))
+    }
+
+    /// The peer address to advertise for catch-up, or empty to let the
+    /// coordinator use its own address for this replica's peer port.
     pub fn advertise_addr(&self) -> String {
-        if let Some(a) = &self.advertise {
+        if let Some(a) = &self.advertise_peer {
             return a.clone();
         }
-        let listen = self.listen_addr();
+        let listen = self.peer_listen_addr();
         let host = listen.rsplit_once(':').map_or("", |(h, _)| h);
         match host.trim_matches(|c| c == '[' || c == ']') {
             "0.0.0.0" | "::" | "" => String::new(),

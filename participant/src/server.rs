@@ -2,6 +2,12 @@
 //! register with the coordinator, renew the lease every heartbeat (which
 //! also starts a catch-up when the coordinator says this is a learner),
 //! serve until told to stop, flush.
+//!
+//! Two ports: the client port (`--listen`) serves `Admin` and `Kv`, the
+//! peer port (`--peer-listen`) `Admin` and `Peer` (2PC and leases from the
+//! coordinator, catch-up from learners: replica-to-replica traffic). Both
+//! are bound before registering, so the coordinator can reach the peer
+//! port as soon as it knows this replica.
 
 use std::future::Future;
 use std::path::Path;
@@ -13,7 +19,7 @@ use quintet_common::auth::Tokens;
 use quintet_common::identity::{self, Identity};
 use quintet_common::net::{self, LeaderLinks};
 use quintet_common::protocol::participant::{Participant, Record, Snapshot};
-use quintet_common::rpc::{Admin, Kv, ParticipantServe, Peer};
+use quintet_common::rpc::{Admin, ClientPortServe, Kv, Peer, PeerPortServe};
 use quintet_common::storage::{snapshot, wal::Wal, writer::LogWriter};
 use quintet_common::types::Limits;
 use tracing::{info, warn};
@@ -121,6 +127,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         sm.registered(i.cluster, 0);
     }
     let listener = net::bind(&config.listen_addr()).await?;
+    let peer_listener = net::bind(&config.peer_listen_addr())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e} (the peer port: --peer-listen)"))?;
     let link = LeaderLinks::new(&config.coordinator, COORDINATOR_CONNECT_TIMEOUT);
     let settings = Settings {
         id: config.id,
@@ -159,6 +168,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     info!(
         node = config.id,
         listen = %config.listen_addr(),
+        peer_listen = %config.peer_listen_addr(),
         cluster = %reply.cluster,
         epoch = reply.epoch,
         committed = reply.committed,
@@ -171,15 +181,31 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .clone()
         .map(|path| tokio::spawn(reload_on_sighup(path, auth.clone())));
     let handler = Handler(node.clone(), auth);
+    let (stop_peer, peer_stopped) = tokio::sync::oneshot::channel::<()>();
+    let peer_handler = handler.clone();
+    let peers = tokio::spawn(net::serve(
+        peer_listener,
+        async move {
+            let _ = peer_stopped.await;
+        },
+        move |transport| {
+            let service = PeerPortServe {
+                admin: <Handler as Admin>::serve(peer_handler.clone()),
+                peer: <Handler as Peer>::serve(peer_handler.clone()),
+            };
+            quintet_common::execute!(transport, service)
+        },
+    ));
     net::serve(listener, shutdown, move |transport| {
-        let service = ParticipantServe {
+        let service = ClientPortServe {
             admin: <Handler as Admin>::serve(handler.clone()),
             kv: <Handler as Kv>::serve(handler.clone()),
-            peer: <Handler as Peer>::serve(handler.clone()),
         };
         quintet_common::execute!(transport, service)
     })
     .await;
+    let _ = stop_peer.send(());
+    let _ = peers.await;
     node.set_registered(false);
     resolver.abort();
     heartbeat.abort();

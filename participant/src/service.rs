@@ -1,5 +1,6 @@
-//! The tarpc services a participant serves on its port: `Admin`, `Kv` for
-//! clients and `Peer` for the coordinator and for learners catching up.
+//! The tarpc services a participant serves: `Admin` on both ports, `Kv`
+//! for clients on the client port and `Peer` for the coordinator and for
+//! learners catching up on the peer port.
 //! Each method is a thin adapter to [`Node`] (or its catch-up
 //! [`crate::catchup::Transfers`]); all of them are cancel-safe because the
 //! node hands records to the log writer before awaiting anything.

@@ -316,6 +316,8 @@ async fn data_dir_of_another_cluster_or_id_is_refused_and_left_untouched() {
             id.into(),
             "--listen".into(),
             format!("127.0.0.1:{}", free_port()),
+            "--peer-listen".into(),
+            format!("127.0.0.1:{}", free_port()),
             "--coordinator".into(),
             coordinator,
             "--data-dir".into(),

@@ -24,7 +24,8 @@ pub struct LocalArgs {
     /// Data and log directory, kept after exit; default: a temp dir removed at exit.
     #[arg(long, env = "QUINTET_LOCAL_DIR", value_name = "DIR")]
     pub dir: Option<PathBuf>,
-    /// Coordinator port; participant N listens on base + N.
+    /// Coordinator port; participant N listens on base + N for clients and
+    /// base + 100 + N for the coordinator and other participants.
     #[arg(long, env = "QUINTET_BASE_PORT", default_value_t = 7700)]
     pub base_port: u16,
     /// Number of participants (1 to 7).
@@ -57,7 +58,8 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Runs `quintet local`; returns the exit code.
 pub async fn run(_ctx: &Ctx, a: LocalArgs) -> Result<i32, Failure> {
     let span = a.participants.max(10 * (a.coordinators - 1));
-    if u32::from(a.base_port) + span > u32::from(u16::MAX) {
+    let peer_span = u32::from(quintet_client::local::PEER_PORT_OFFSET) + a.participants;
+    if u32::from(a.base_port) + span.max(peer_span) > u32::from(u16::MAX) {
         return Err(Failure::usage(format!(
             "--base-port {} leaves no room for {} participant ports; pick a lower port",
             a.base_port, a.participants
@@ -198,7 +200,11 @@ fn print_banner(cluster: &LocalCluster, temporary: bool) {
     }
     for node in cluster.nodes() {
         if let Node::Participant(i) = node {
-            println!("  participant {i}  {}", cluster.addr(node));
+            println!(
+                "  participant {i}  {}  (peer port {})",
+                cluster.addr(node),
+                cluster.peer_addr(i)
+            );
         }
     }
     let dir = cluster.dir().display();

@@ -125,7 +125,8 @@ impl Proxies {
     /// Proxies for `coordinators` replicas and the participants of a
     /// cluster on `base_port`.
     async fn start(base_port: u16, coordinators: u32) -> anyhow::Result<Proxies> {
-        let participant = |n: u32| format!("127.0.0.1:{}", base_port + n as u16);
+        // The coordinator dials participants at their peer ports.
+        let participant = |n: u32| quintet_client::local::peer_addr(base_port, n);
         let mut p = Proxies {
             to_participant: BTreeMap::new(),
             to_coordinator: BTreeMap::new(),
