@@ -133,3 +133,45 @@ pub async fn leader_replicas(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Waits until the leader reports coordinator replica `id` reachable with
+/// its log at least where the leader's own was at the first look (or `id`
+/// itself leads): a wiped replica's rejoin. Returns when, from `since`;
+/// fails after `timeout` (from now) saying what the leader last reported.
+pub async fn wait_log_caught_up(
+    status: &Client,
+    id: u32,
+    since: Instant,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
+    let deadline = Instant::now() + timeout;
+    let mut target = None;
+    loop {
+        let last = match leader_replicas(status, Duration::from_secs(2)).await {
+            Ok(replicas) => {
+                let leader = leader_of(&replicas);
+                let leader_at = replicas
+                    .iter()
+                    .find(|r| Some(r.id) == leader)
+                    .map_or(0, |r| r.applied);
+                let want = *target.get_or_insert(leader_at);
+                match replicas.iter().find(|r| r.id == id) {
+                    Some(r) if r.role == "leader" => return Ok(since.elapsed()),
+                    Some(r) if r.reachable && r.applied >= want => return Ok(since.elapsed()),
+                    Some(r) => format!(
+                        "the leader (replica {}) has it {}at log index {} of {want}",
+                        leader.unwrap_or(0),
+                        if r.reachable { "" } else { "unreachable, " },
+                        r.applied
+                    ),
+                    None => format!("the leader's status does not list replica {id}"),
+                }
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() >= deadline {
+            bail!("coordinator replica {id} not caught up after {timeout:?}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -28,6 +28,11 @@
 //!   leading replica's links, to and from the other replicas (Raft) and to
 //!   and from every participant, while it keeps running; healed by
 //!   reconnecting them all;
+//! - isolate-coordinator-leader (three or more): cut only the proxies of
+//!   the leading replica's links to and from the other replicas, so the
+//!   participants still reach it and it still hears their renewals (a
+//!   deposed leader that kept granting leases would show here); healed by
+//!   reconnecting them;
 //! - wipe-coordinator (three or more): SIGKILL a replica (the leader or a
 //!   follower), delete its data directory, start it again empty: it must
 //!   rejoin from the leader's log or a snapshot with no operator step.
@@ -67,8 +72,8 @@ use quintet_client::Client;
 use quintet_client::client::health;
 use quintet_client::local::{LocalCluster, LocalOptions, Node, free_base_port};
 
-use super::backend::{Backend, leader_replicas, wait_ready_all};
-use super::nemesis::{Cut, Fault, FaultKind, PARTICIPANTS, Rejoin, leader_of};
+use super::backend::{Backend, wait_log_caught_up, wait_ready_all};
+use super::nemesis::{Cut, Fault, FaultKind, PARTICIPANTS, Rejoin};
 use super::proxy::LinkProxy;
 
 /// How long a node may take to answer as ready after a (re)start.
@@ -241,6 +246,20 @@ impl Proxies {
     /// Cuts replica `c` off everything (but clients and health probes).
     fn isolate_replica(&self, c: u32) {
         self.links_of_replica(c).for_each(LinkProxy::cut);
+    }
+
+    /// The links between replica `c` and the other replicas (Raft), both
+    /// directions of connection.
+    fn raft_links_of_replica(&self, c: u32) -> impl Iterator<Item = &LinkProxy> {
+        self.raft
+            .iter()
+            .filter(move |((a, b), _)| *a == c || *b == c)
+            .map(|(_, l)| l)
+    }
+
+    /// Cuts replica `c` off the other replicas only.
+    fn isolate_from_replicas(&self, c: u32) {
+        self.raft_links_of_replica(c).for_each(LinkProxy::cut);
     }
 
     /// Heals every link of replica `c`.
@@ -455,45 +474,6 @@ impl LocalBackend {
             .with_context(|| format!("node logs in {}", self.logs_hint()))
     }
 
-    /// Waits until the leader reports replica `id` reachable with its log
-    /// at least where the leader's own was at the first look (or `id`
-    /// itself leads); returns when, from `since`.
-    async fn wait_caught_up(&self, id: u32, since: Instant) -> anyhow::Result<Duration> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut target = None;
-        loop {
-            let last = match leader_replicas(&self.status, Duration::from_secs(2)).await {
-                Ok(replicas) => {
-                    let leader = leader_of(&replicas);
-                    let leader_at = replicas
-                        .iter()
-                        .find(|r| Some(r.id) == leader)
-                        .map_or(0, |r| r.applied);
-                    let want = *target.get_or_insert(leader_at);
-                    match replicas.iter().find(|r| r.id == id) {
-                        Some(r) if r.role == "leader" => return Ok(since.elapsed()),
-                        Some(r) if r.reachable && r.applied >= want => return Ok(since.elapsed()),
-                        Some(r) => format!(
-                            "the leader (replica {}) has it {}at log index {} of {want}",
-                            leader.unwrap_or(0),
-                            if r.reachable { "" } else { "unreachable, " },
-                            r.applied
-                        ),
-                        None => format!("the leader's status does not list replica {id}"),
-                    }
-                }
-                Err(e) => format!("{e:#}"),
-            };
-            if Instant::now() >= deadline {
-                bail!(
-                    "coordinator replica {id} not caught up after {READY_TIMEOUT:?}: {last}; node logs in {}",
-                    self.logs_hint()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
     /// SIGKILL `node` if it runs, then delete its data directory.
     async fn wipe(&mut self, node: Node) -> anyhow::Result<()> {
         if self.cluster.pid(node).is_some() {
@@ -554,6 +534,10 @@ impl Backend for LocalBackend {
                 self.proxies.isolate_replica(c);
                 Ok(())
             }
+            (FaultKind::IsolateCoordinatorLeader, &[Node::Coordinator(c)]) => {
+                self.proxies.isolate_from_replicas(c);
+                Ok(())
+            }
             (FaultKind::Wipe, &[node @ Node::Participant(_)])
             | (FaultKind::WipeCoordinator, &[node @ Node::Coordinator(_)]) => self.wipe(node).await,
             (FaultKind::RestartAll, _) => {
@@ -579,7 +563,9 @@ impl Backend for LocalBackend {
             (FaultKind::WipeCoordinator, &[node @ Node::Coordinator(id)]) => {
                 let since = Instant::now();
                 self.bring_up(node).await?;
-                let after = self.wait_caught_up(id, since).await?;
+                let after = wait_log_caught_up(&self.status, id, since, READY_TIMEOUT)
+                    .await
+                    .with_context(|| format!("node logs in {}", self.logs_hint()))?;
                 Ok(vec![Rejoin { node, after }])
             }
             (FaultKind::Pause, &[node]) => {
@@ -596,7 +582,10 @@ impl Backend for LocalBackend {
                 }
                 self.wait_ready(targets, since).await
             }
-            (FaultKind::PartitionCoordinatorLeader, &[node @ Node::Coordinator(c)]) => {
+            (
+                FaultKind::PartitionCoordinatorLeader | FaultKind::IsolateCoordinatorLeader,
+                &[node @ Node::Coordinator(c)],
+            ) => {
                 let since = Instant::now();
                 self.proxies.reconnect_replica(c);
                 self.wait_ready(&[node], since).await
@@ -680,5 +669,48 @@ impl Drop for LocalBackend {
         // (LocalCluster's own drop would SIGKILL them anyway); the proxies
         // go after them, with their tasks and sockets.
         self.cluster.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cuts of a replica, as (Raft links cut, participant links cut).
+    fn cut_links(p: &Proxies, c: u32) -> (usize, usize) {
+        let raft = p.raft_links_of_replica(c).filter(|l| l.is_cut()).count();
+        let participants = p
+            .to_participant
+            .iter()
+            .filter(|((r, _), _)| *r == c)
+            .chain(p.to_coordinator.iter().filter(|((_, r), _)| *r == c))
+            .filter(|(_, l)| l.is_cut())
+            .count();
+        (raft, participants)
+    }
+
+    #[tokio::test]
+    async fn isolating_a_replica_cuts_its_raft_links_only_and_a_partition_cuts_everything() {
+        // Nothing is dialed: the upstreams need not exist.
+        let p = Proxies::start(1, 3).await.expect("proxies");
+        // Replicas 2 and 3: their links to the participants and to each other.
+        let others_untouched = |p: &Proxies| {
+            (2..=3).all(|o| cut_links(p, o).1 == 0)
+                && [(2, 3), (3, 2)]
+                    .iter()
+                    .all(|k| p.raft.get(k).is_some_and(|l| !l.is_cut()))
+        };
+        // isolate-coordinator-leader: 1 -> 2, 1 -> 3, 2 -> 1, 3 -> 1.
+        p.isolate_from_replicas(1);
+        assert_eq!(cut_links(&p, 1), (4, 0));
+        assert!(others_untouched(&p));
+        p.reconnect_replica(1);
+        assert_eq!(cut_links(&p, 1), (0, 0));
+        // partition-coordinator-leader: those and both ways to every participant.
+        p.isolate_replica(1);
+        assert_eq!(cut_links(&p, 1), (4, 2 * PARTICIPANTS as usize));
+        assert!(others_untouched(&p));
+        p.reconnect_replica(1);
+        assert_eq!(cut_links(&p, 1), (0, 0));
     }
 }

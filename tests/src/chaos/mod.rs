@@ -26,8 +26,10 @@
 //!    participant killed, its data deleted, started empty) and restart-all;
 //!    with three or more coordinator replicas also kill-coordinator-leader,
 //!    partition-coordinator-leader (the leader cut off the other replicas
-//!    and the participants while it runs) and wipe-coordinator (a replica,
-//!    the leader or a follower, restarted with its data deleted). Those hit
+//!    and the participants while it runs), isolate-coordinator-leader (the
+//!    leader cut off the other replicas only: the participants still reach
+//!    it) and wipe-coordinator (a replica, the leader or a follower,
+//!    restarted with its data deleted). Those hit
 //!    whoever leads at injection time: the runner asks the leader's status
 //!    right before ([`backend::leader_replicas`]) and records which replica
 //!    led before the injection and after the heal. A kind the backend or
@@ -124,13 +126,16 @@ pub struct Args {
     pub clients: u32,
     /// Faults to draw from: any of kill, pause, partition,
     /// partition-coordinator, wipe, restart-all, kill-coordinator-leader,
-    /// partition-coordinator-leader, wipe-coordinator (comma-separated), or
-    /// all, or none. partition is docker only; partition-coordinator cuts
-    /// one or two participants off the coordinator alone (docker: iptables,
-    /// needs root); wipe restarts a participant with its data deleted; the
-    /// last three (local, --coordinators 3 or more) kill the leading
-    /// coordinator replica, cut it off while it runs, or restart a replica
-    /// with its data deleted. Kinds not available are named and left out.
+    /// partition-coordinator-leader, wipe-coordinator,
+    /// isolate-coordinator-leader (comma-separated), or all, or none.
+    /// partition is docker only; partition-coordinator cuts one or two
+    /// participants off the coordinator alone (docker: iptables, needs
+    /// root); wipe restarts a participant with its data deleted; the last
+    /// four (local, --coordinators 3 or more) kill the leading coordinator
+    /// replica, cut it off the other replicas and the participants while it
+    /// runs, restart a replica (the leader or a follower) with its data
+    /// deleted, or cut the leader off the other replicas only. Kinds not
+    /// available are named and left out.
     #[arg(long, default_value = "all", value_parser = parse_nemesis_list)]
     pub nemesis: NemesisList,
     /// Coordinator replicas (Raft): 1, or 3 or 5 to survive losing one or
@@ -838,6 +843,7 @@ mod tests {
             FaultKind::KillCoordinatorLeader,
             FaultKind::PartitionCoordinatorLeader,
             FaultKind::WipeCoordinator,
+            FaultKind::IsolateCoordinatorLeader,
         ];
         // `all` names them; whether they run depends on the cluster.
         let one = args(&[]);

@@ -18,8 +18,9 @@
 //! uniformly from [`Cut`]; restart-all hits every node.
 //!
 //! The coordinator-replica kinds (kill-coordinator-leader,
-//! partition-coordinator-leader, wipe-coordinator; runs with three or more
-//! coordinator replicas only) hit a replica that depends on who leads when
+//! partition-coordinator-leader, isolate-coordinator-leader,
+//! wipe-coordinator; runs with three or more coordinator replicas only) hit
+//! a replica that depends on who leads when
 //! the fault comes: the schedule only draws a [`Pick`] (the leader; for
 //! wipe-coordinator the leader half the time, else a follower by rank),
 //! and the runner turns it into a replica at injection time from the
@@ -74,11 +75,16 @@ pub enum FaultKind {
     /// Kill a coordinator replica (the leader or a follower), delete its
     /// data, start it again empty: it must rejoin from the others.
     WipeCoordinator,
+    /// Cut the leading coordinator replica off from the other replicas
+    /// only, both ways: participants still reach it and it still hears
+    /// them, so a deposed leader that kept granting leases would be found
+    /// out here; it must stop by itself while the others elect a leader.
+    IsolateCoordinatorLeader,
 }
 
 impl FaultKind {
     /// Every kind, in a fixed order (the order `--nemesis` lists sort to).
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Partition,
@@ -88,6 +94,7 @@ impl FaultKind {
         FaultKind::KillCoordinatorLeader,
         FaultKind::PartitionCoordinatorLeader,
         FaultKind::WipeCoordinator,
+        FaultKind::IsolateCoordinatorLeader,
     ];
 
     /// Fewest coordinator replicas a kind needs: the coordinator-replica
@@ -108,6 +115,7 @@ impl FaultKind {
             FaultKind::KillCoordinatorLeader
                 | FaultKind::PartitionCoordinatorLeader
                 | FaultKind::WipeCoordinator
+                | FaultKind::IsolateCoordinatorLeader
         )
     }
 
@@ -135,13 +143,15 @@ impl fmt::Display for FaultKind {
             FaultKind::KillCoordinatorLeader => "kill-coordinator-leader",
             FaultKind::PartitionCoordinatorLeader => "partition-coordinator-leader",
             FaultKind::WipeCoordinator => "wipe-coordinator",
+            FaultKind::IsolateCoordinatorLeader => "isolate-coordinator-leader",
         })
     }
 }
 
 /// The kinds `--nemesis` accepts, for messages.
 pub const KIND_NAMES: &str = "kill, pause, partition, partition-coordinator, wipe, restart-all, \
-     kill-coordinator-leader, partition-coordinator-leader, wipe-coordinator";
+     kill-coordinator-leader, partition-coordinator-leader, wipe-coordinator, \
+     isolate-coordinator-leader";
 
 impl FromStr for FaultKind {
     type Err = String;
@@ -163,6 +173,9 @@ impl FromStr for FaultKind {
                 Ok(FaultKind::PartitionCoordinatorLeader)
             }
             "wipe-coordinator" | "wipe_coordinator" => Ok(FaultKind::WipeCoordinator),
+            "isolate-coordinator-leader" | "isolate_coordinator_leader" => {
+                Ok(FaultKind::IsolateCoordinatorLeader)
+            }
             other => Err(format!(
                 "unknown nemesis {other:?}: use {KIND_NAMES} (comma-separated), all or none"
             )),
@@ -590,6 +603,15 @@ mod tests {
                 FaultKind::WipeCoordinator
             ])
         );
+        assert_eq!(
+            parse_nemeses("isolate-coordinator-leader,kill-coordinator-leader"),
+            Ok(vec![
+                FaultKind::KillCoordinatorLeader,
+                FaultKind::IsolateCoordinatorLeader
+            ])
+        );
+        assert!(FaultKind::IsolateCoordinatorLeader.hits_coordinator_replica());
+        assert!(parse_nemeses("isolate-coordinator").is_err());
         assert_eq!(parse_nemeses("all"), Ok(FaultKind::ALL.to_vec()));
         // Only the coordinator-replica kinds need several replicas.
         for k in FaultKind::ALL {
@@ -621,7 +643,9 @@ mod tests {
         assert!(parse_nemeses("partition-coord").is_err());
         let err = parse_nemeses("flood").expect_err("unknown kind");
         assert!(
-            err.contains("partition-coordinator") && err.contains("wipe-coordinator"),
+            err.contains("partition-coordinator")
+                && err.contains("wipe-coordinator")
+                && err.contains("isolate-coordinator-leader"),
             "{err}"
         );
         for k in FaultKind::ALL {
