@@ -1,14 +1,17 @@
-//! The docker backend: the six containers of the compose project `quintet`
-//! (deploy/compose.yaml), hurt with the Docker CLI.
+//! The docker backend: the containers of the compose project `quintet`
+//! (deploy/compose.yaml), hurt with the Docker CLI: the six of the default
+//! profile, or with `--coordinators 3` the eight of the `ha` profile (the
+//! coordinator and its two standbys, `coordinator-2` and `coordinator-3`,
+//! one Raft group).
 //!
 //! The cluster must be up already (CI brings it up), or `--up` runs
-//! `docker compose -f FILE -p PROJECT up -d --wait` first. Containers are
-//! found by the labels compose puts on them
+//! `docker compose -f FILE -p PROJECT [--profile ha] up -d --wait` first.
+//! Containers are found by the labels compose puts on them
 //! (`com.docker.compose.project`, `com.docker.compose.service`), so the
 //! runner does not depend on the compose version's naming scheme, and only
 //! ever touches containers of that one project. The workload talks to the
-//! ports published on the host, 127.0.0.1:7701..7705 (the coordinator on
-//! 7700 is only probed for health).
+//! ports published on the host, 127.0.0.1:7701..7705 (the coordinator
+//! replicas, on 7700, 7710 and 7720, are only probed for health).
 //!
 //! - kill: `docker kill` (SIGKILL), healed by `docker start`;
 //! - pause: `docker pause` (cgroup freezer), healed by `docker unpause`;
@@ -20,10 +23,13 @@
 //! - partition-coordinator: iptables DROP rules inside the participant
 //!   container's network namespace, entered from the host with
 //!   `nsenter -t PID -n iptables ...` (PID from
-//!   `docker inspect -f {{.State.Pid}}`), matching the coordinator
-//!   container's address: coordinator to participant is
-//!   `INPUT -s COORDINATOR -p tcp --dport 770N`, participant to coordinator
-//!   is `OUTPUT -d COORDINATOR -p tcp --dport 7700`, both ways is both.
+//!   `docker inspect -f {{.State.Pid}}`), matching every coordinator
+//!   replica's address: coordinator to participant is
+//!   `INPUT -s COORDINATOR -p tcp ! --sport 7700` (every connection the
+//!   coordinator opened, whatever participant port it dialed; only the
+//!   answers on the participant's own connections to it pass), participant
+//!   to coordinator is `OUTPUT -d COORDINATOR -p tcp --dport 7700`, both
+//!   ways is both.
 //!   Rules match every packet, not only new connections, so open
 //!   connections freeze like on a real partition; clients (through the
 //!   published port, from the host's bridge address) and other
@@ -32,26 +38,41 @@
 //!   carrying this runner's comment, left by an earlier run) and on drop,
 //!   so an error or Ctrl-C leaves none behind. This needs root, `nsenter`
 //!   and `iptables` on the host (`apt-get install iptables`); without them
-//!   the kind is left out of the schedule with a note saying what is
-//!   missing;
+//!   the kinds that need rules are left out of the schedule with a note
+//!   saying what is missing;
 //! - wipe: `docker kill` of the participant, `docker rm` of its container,
 //!   `docker volume rm` of its data volume, then
 //!   `docker compose -f FILE -p PROJECT up --no-start --no-deps SERVICE`
-//!   recreates both, the volume empty, and the heal starts it (the image is FROM scratch, so no throwaway
-//!   container of it could delete files, and no other image can be
-//!   pulled). Needs the compose file (`--compose-file`); without it the
-//!   kind is left out of the schedule;
-//! - restart-all: `docker stop` of all six (SIGTERM, 10 s grace), healed by
-//!   `docker start` of the coordinator, then of the participants;
-//! - kill-coordinator-leader, partition-coordinator-leader,
-//!   wipe-coordinator: **not available** yet. The compose file runs one
-//!   coordinator (no profile with replicas), so these are left out of the
-//!   schedule with a note; the local backend runs them with
-//!   `--coordinators 3` or 5.
+//!   recreates both, the volume empty, and the heal starts it (the image
+//!   is FROM scratch, so no throwaway container of it could delete files,
+//!   and no other image can be pulled). Needs the compose file
+//!   (`--compose-file`); without it the kind is left out of the schedule;
+//! - restart-all: `docker stop` of the participants, then of the
+//!   coordinator replicas (SIGTERM, 10 s grace), healed by `docker start`
+//!   of the coordinator replicas (together: they elect a leader among
+//!   them), then of the participants;
+//! - kill-coordinator-leader (`--coordinators 3`): `docker kill` of the
+//!   replica that leads, healed by `docker start` (it rejoins as a
+//!   follower);
+//! - partition-coordinator-leader: DROP rules in the leading replica's own
+//!   namespace for every packet from or to the other replicas' and the
+//!   participants' addresses (`INPUT -s ADDR`, `OUTPUT -d ADDR`), so it
+//!   runs on, cut off from the whole cluster, while the health probes
+//!   (through its published port) still reach it;
+//! - isolate-coordinator-leader: the same rules for the other replicas'
+//!   addresses only: the participants still reach the deposed leader and
+//!   it still hears their renewals, and it must stop granting leases by
+//!   itself;
+//! - wipe-coordinator: as wipe, for a coordinator replica (the leader or a
+//!   follower); the heal starts it empty and waits until it is ready and
+//!   the leader reports its log caught up, which is its rejoin time.
 //!
+//! A container's address is read when a rule is added (a restart may give
+//! it another); the rules of one fault are added and deleted together.
 //! Every heal waits until the nodes it brought back answer `health` as
 //! ready on their host ports (a participant: caught up, a member, holding
-//! a lease). Every docker command runs with a timeout and is killed if it
+//! a lease; a coordinator replica: the leader serving, or a follower that
+//! knows it). Every docker command runs with a timeout and is killed if it
 //! overruns; its stderr is part of the error.
 
 use std::collections::BTreeMap;
@@ -59,10 +80,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use quintet_client::Client;
 use quintet_client::client::health;
 use quintet_client::local::Node;
 
-use super::backend::{Backend, wait_ready_all};
+use super::backend::{Backend, wait_log_caught_up, wait_ready_all};
 use super::nemesis::{Cut, Fault, FaultKind, PARTICIPANTS, Rejoin};
 
 /// Bound on one ordinary docker command.
@@ -74,20 +96,39 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The host the compose file publishes ports on.
 const HOST: &str = "127.0.0.1";
 
-/// Host port of the coordinator; participant N is on `BASE_PORT + N`.
-/// The same ports are used inside the project network.
+/// Host port of the coordinator; participant N is on `BASE_PORT + N`,
+/// coordinator replica C on `BASE_PORT + 10 (C - 1)`. Inside the project
+/// network every coordinator replica listens on `BASE_PORT`.
 const BASE_PORT: u16 = 7700;
+
+/// How many coordinator replicas the compose file's `ha` profile runs.
+pub const HA_COORDINATORS: u32 = 3;
 
 /// The comment on every firewall rule this runner adds, so a leftover can
 /// be told from anyone else's.
 const RULE_COMMENT: &str = "quintet-chaos";
 
-/// Why the docker backend cannot do a coordinator-replica kind.
-pub fn no_replicas(kind: FaultKind) -> String {
-    format!(
-        "{kind} is not available on the docker backend: the compose file runs a single \
-         coordinator; it is left out of the schedule, use --backend local --coordinators 3"
-    )
+/// Why the docker backend cannot do `kind` with `coordinators` replicas
+/// (whatever the host has), or `None`: the coordinator-replica kinds need
+/// the `ha` profile's three.
+pub fn why_not(kind: FaultKind, coordinators: u32) -> Option<String> {
+    (coordinators < kind.min_coordinators()).then(|| {
+        format!(
+            "{kind} needs {} coordinator replicas and this run has {coordinators}; it is left \
+             out of the schedule, pass --coordinators 3 (the compose profile ha, brought up by \
+             --up or `docker compose -f deploy/compose.yaml --profile ha up -d --wait`)",
+            kind.min_coordinators()
+        )
+    })
+}
+
+/// The compose profiles a run with `coordinators` replicas needs.
+fn profiles(coordinators: u32) -> Vec<String> {
+    if coordinators > 1 {
+        vec!["--profile".into(), "ha".into()]
+    } else {
+        Vec::new()
+    }
 }
 
 /// One container of the project.
@@ -98,10 +139,10 @@ struct Container {
     aliases: Vec<String>,
 }
 
-/// One firewall rule added in a participant's network namespace.
+/// One firewall rule added in a node's network namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Rule {
-    /// The participant whose namespace holds it.
+    /// The node whose namespace holds it.
     node: Node,
     /// The pid the namespace was entered through.
     pid: String,
@@ -116,9 +157,13 @@ pub struct DockerBackend {
     project: String,
     network: String,
     containers: BTreeMap<Node, Container>,
-    /// The compose file, for recreating a wiped participant.
+    /// How many coordinator replicas run (1, or 3 with the `ha` profile).
+    coordinators: u32,
+    /// For the leader's status (a wiped replica's catch-up), with short timeouts.
+    status: Client,
+    /// The compose file, for recreating a wiped node.
     compose_file: PathBuf,
-    /// Why partition-coordinator cannot be done here, if it cannot.
+    /// Why the kinds that add firewall rules cannot be done here, if they cannot.
     no_firewall: Option<String>,
     /// Why wipe cannot be done here, if it cannot.
     no_wipe: Option<String>,
@@ -223,11 +268,14 @@ async fn delete_rule(rule: &Rule) -> anyhow::Result<()> {
 }
 
 impl DockerBackend {
-    /// Brings the project up from `compose_file` (`docker compose up -d --wait`).
-    pub async fn up(compose_file: &Path, project: &str) -> anyhow::Result<()> {
+    /// Brings the project up from `compose_file` (`docker compose up -d
+    /// --wait`, with the `ha` profile for more than one coordinator replica).
+    pub async fn up(compose_file: &Path, project: &str, coordinators: u32) -> anyhow::Result<()> {
         let file = compose_file.to_string_lossy().into_owned();
         let (program, mut args) = compose_program().await;
-        args.extend(["-f", &file, "-p", project, "up", "-d"].map(String::from));
+        args.extend(["-f", &file, "-p", project].map(String::from));
+        args.extend(profiles(coordinators));
+        args.extend(["up", "-d"].map(String::from));
         if program == "docker" {
             args.extend(["--wait", "--wait-timeout", "180"].map(String::from));
         }
@@ -238,17 +286,39 @@ impl DockerBackend {
         Ok(())
     }
 
-    /// Finds the six containers of `project` and waits until all answer as
-    /// ready; `compose_file` is what recreates a wiped participant. Also
-    /// finds out whether partition-coordinator and wipe can be done here.
-    pub async fn connect(project: &str, compose_file: &Path) -> anyhow::Result<Self> {
+    /// Finds the containers of `project` (`coordinators` replicas: 1, or
+    /// 3 with the `ha` profile) and waits until all answer as ready;
+    /// `compose_file` is what recreates a wiped node. Also finds out
+    /// whether firewall rules and wipes can be done here.
+    pub async fn connect(
+        project: &str,
+        compose_file: &Path,
+        coordinators: u32,
+    ) -> anyhow::Result<Self> {
+        if coordinators != 1 && coordinators != HA_COORDINATORS {
+            bail!(
+                "the compose file runs 1 coordinator replica, or {HA_COORDINATORS} with the \
+                 profile ha; --coordinators {coordinators} cannot run on docker"
+            );
+        }
         let mut containers = BTreeMap::new();
         let mut network: Option<String> = None;
-        let nodes =
-            std::iter::once(Node::Coordinator(1)).chain((1..=PARTICIPANTS).map(Node::Participant));
+        let nodes = (1..=coordinators)
+            .map(Node::Coordinator)
+            .chain((1..=PARTICIPANTS).map(Node::Participant));
         for node in nodes {
             let service = node.to_string();
-            let id = container_of(project, &service).await?;
+            let id = container_of(project, &service).await.with_context(|| {
+                if matches!(node, Node::Coordinator(c) if c > 1) {
+                    format!(
+                        "--coordinators {coordinators} needs the standbys of the compose \
+                         profile ha: `docker compose -f deploy/compose.yaml --profile ha up -d \
+                         --wait`, or pass --up"
+                    )
+                } else {
+                    format!("finding {service}")
+                }
+            })?;
             let json =
                 docker(&["inspect", "-f", "{{json .NetworkSettings.Networks}}", &id]).await?;
             let nets: BTreeMap<String, serde_json::Value> = serde_json::from_str(json.trim())
@@ -283,10 +353,16 @@ impl DockerBackend {
             containers.insert(node, Container { id, aliases });
         }
         let network = network.context("no network found")?;
+        let endpoints: Vec<String> = (1..=PARTICIPANTS)
+            .map(|i| format!("{HOST}:{}", BASE_PORT + i as u16))
+            .collect();
+        let status = Client::new(&endpoints, Duration::from_secs(1)).map_err(anyhow::Error::msg)?;
         let mut backend = DockerBackend {
             project: project.to_string(),
             network,
             containers,
+            coordinators,
+            status,
             compose_file: compose_file.to_path_buf(),
             no_firewall: None,
             no_wipe: None,
@@ -298,23 +374,25 @@ impl DockerBackend {
         backend.no_firewall = backend.firewall_problem().await;
         backend.no_wipe = (!compose_file.is_file()).then(|| {
             format!(
-                "wipe needs the compose file to recreate a participant, and {} is not a file \
-                 (pass --compose-file); wipe is left out of the schedule",
+                "wipe and wipe-coordinator need the compose file to recreate a node, and {} is \
+                 not a file (pass --compose-file); they are left out of the schedule",
                 compose_file.display()
             )
         });
         Ok(backend)
     }
 
-    /// Why firewall rules cannot be added in the participants' network
+    /// Why firewall rules cannot be added in the containers' network
     /// namespaces, or `None` when they can: the tools are there, and
     /// listing participant 1's rules through nsenter works (it does not
     /// without root).
     async fn firewall_problem(&self) -> Option<String> {
         let why = |what: String| {
             Some(format!(
-                "partition-coordinator on the docker backend needs root, nsenter and iptables \
-                 on the host (apt-get install iptables); {what}; it is left out of the schedule"
+                "partition-coordinator, partition-coordinator-leader and \
+                 isolate-coordinator-leader on the docker backend need root, nsenter and \
+                 iptables on the host (apt-get install iptables); {what}; they are left out of \
+                 the schedule"
             ))
         };
         for tool in ["nsenter", "iptables"] {
@@ -345,8 +423,8 @@ impl DockerBackend {
         Ok(pid)
     }
 
-    /// The coordinator container's address on the project network.
-    async fn coordinator_ip(&self) -> anyhow::Result<String> {
+    /// A container's address on the project network.
+    async fn ip_of(&self, node: Node) -> anyhow::Result<String> {
         let out = docker(&[
             "inspect",
             "-f",
@@ -354,43 +432,59 @@ impl DockerBackend {
                 "{{{{with index .NetworkSettings.Networks \"{}\"}}}}{{{{.IPAddress}}}}{{{{end}}}}",
                 self.network
             ),
-            self.id(Node::Coordinator(1))?,
+            self.id(node)?,
         ])
         .await?;
         let ip = out.trim().to_string();
         if ip.parse::<std::net::Ipv4Addr>().is_err() {
             bail!(
-                "the coordinator has no IPv4 address on network {} ({ip:?})",
+                "{node} has no IPv4 address on network {} ({ip:?})",
                 self.network
             );
         }
         Ok(ip)
     }
 
-    /// Cuts participant `node` off the coordinator in the directions of `cut`.
-    async fn cut(&mut self, node: Node, cut: Cut) -> anyhow::Result<()> {
-        let Node::Participant(i) = node else {
-            bail!("only a participant can be cut off the coordinator, not {node}");
-        };
+    /// The addresses of those of `nodes` that run (one that is down has
+    /// none, and nothing to cut); fails if none does.
+    async fn running_ips(&self, nodes: &[Node]) -> anyhow::Result<Vec<String>> {
+        let mut ips = Vec::new();
+        for &n in nodes {
+            match self.ip_of(n).await {
+                Ok(ip) => ips.push(ip),
+                Err(_) if !self.state(n).await.is_ok_and(|(running, _, _)| running) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if ips.is_empty() {
+            bail!(
+                "none of {} runs",
+                nodes
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Ok(ips)
+    }
+
+    /// The coordinator replicas.
+    fn replicas(&self) -> Vec<Node> {
+        (1..=self.coordinators).map(Node::Coordinator).collect()
+    }
+
+    /// Adds DROP rules (`(chain, match)`) in `node`'s network namespace,
+    /// recording each as it goes in, so a failure half-way leaves nothing
+    /// unrecorded.
+    async fn add_rules(
+        &mut self,
+        node: Node,
+        wanted: Vec<(&'static str, Vec<String>)>,
+    ) -> anyhow::Result<()> {
         let pid = self.pid(node).await?;
-        let ip = self.coordinator_ip().await?;
-        let mut wanted = Vec::new();
-        if cut.to_participant() {
-            let port = (BASE_PORT + i as u16).to_string();
-            wanted.push((
-                "INPUT",
-                ["-s", &ip, "-p", "tcp", "--dport", &port].map(String::from),
-            ));
-        }
-        if cut.to_coordinator() {
-            let port = BASE_PORT.to_string();
-            wanted.push((
-                "OUTPUT",
-                ["-d", &ip, "-p", "tcp", "--dport", &port].map(String::from),
-            ));
-        }
         for (chain, m) in wanted {
-            let mut spec = m.to_vec();
+            let mut spec = m;
             spec.extend(
                 ["-m", "comment", "--comment", RULE_COMMENT, "-j", "DROP"].map(String::from),
             );
@@ -402,12 +496,58 @@ impl DockerBackend {
             };
             let mut args = vec!["-I", chain];
             args.extend(rule.spec.iter().map(String::as_str));
-            nsenter_iptables(&pid, &args)
-                .await
-                .with_context(|| format!("cutting {node} off the coordinator"))?;
+            nsenter_iptables(&pid, &args).await?;
             self.rules.push(rule);
         }
         Ok(())
+    }
+
+    /// Cuts participant `node` off every coordinator replica in the
+    /// directions of `cut`.
+    async fn cut(&mut self, node: Node, cut: Cut) -> anyhow::Result<()> {
+        if !matches!(node, Node::Participant(_)) {
+            bail!("only a participant can be cut off the coordinator, not {node}");
+        }
+        let port = BASE_PORT.to_string();
+        let mut wanted = Vec::new();
+        for ip in self.running_ips(&self.replicas()).await? {
+            if cut.to_participant() {
+                // Everything but the answers on the participant's own
+                // connections to the coordinator's port, whichever
+                // participant port the coordinator dialed.
+                wanted.push((
+                    "INPUT",
+                    ["-s", &ip, "-p", "tcp", "!", "--sport", &port]
+                        .map(String::from)
+                        .to_vec(),
+                ));
+            }
+            if cut.to_coordinator() {
+                wanted.push((
+                    "OUTPUT",
+                    ["-d", &ip, "-p", "tcp", "--dport", &port]
+                        .map(String::from)
+                        .to_vec(),
+                ));
+            }
+        }
+        self.add_rules(node, wanted)
+            .await
+            .with_context(|| format!("cutting {node} off the coordinator"))
+    }
+
+    /// Cuts coordinator replica `node` off `peers`, both ways, every
+    /// packet, with rules in its own namespace: the host (clients, health
+    /// probes through the published port) still reaches it.
+    async fn cut_replica(&mut self, node: Node, peers: &[Node]) -> anyhow::Result<()> {
+        let mut wanted = Vec::new();
+        for ip in self.running_ips(peers).await? {
+            wanted.push(("INPUT", vec!["-s".to_string(), ip.clone()]));
+            wanted.push(("OUTPUT", vec!["-d".to_string(), ip]));
+        }
+        self.add_rules(node, wanted)
+            .await
+            .with_context(|| format!("cutting {node} off its peers"))
     }
 
     /// Deletes every recorded rule of `node` (of every node when `None`).
@@ -455,9 +595,9 @@ impl DockerBackend {
         Ok(n)
     }
 
-    /// Kills participant `node`, removes its container and its data
-    /// volume, and recreates both (the volume empty, the container not
-    /// started) with compose.
+    /// Kills `node` (a participant or a coordinator replica), removes its
+    /// container and its data volume, and recreates both (the volume
+    /// empty, the container not started) with compose.
     async fn wipe(&mut self, node: Node) -> anyhow::Result<()> {
         if let Some(why) = &self.no_wipe {
             bail!("{why}");
@@ -491,19 +631,9 @@ impl DockerBackend {
         let service = node.to_string();
         let file = self.compose_file.to_string_lossy().into_owned();
         let (program, mut args) = compose_program().await;
-        args.extend(
-            [
-                "-f",
-                &file,
-                "-p",
-                &self.project,
-                "up",
-                "--no-start",
-                "--no-deps",
-                &service,
-            ]
-            .map(String::from),
-        );
+        args.extend(["-f", &file, "-p", &self.project].map(String::from));
+        args.extend(profiles(self.coordinators));
+        args.extend(["up", "--no-start", "--no-deps", &service].map(String::from));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         run_cmd(&program, &args, Duration::from_secs(120))
             .await
@@ -581,21 +711,27 @@ impl Backend for DockerBackend {
     }
 
     fn coordinators(&self) -> u32 {
-        1
+        self.coordinators
     }
 
     fn unsupported(&self, kind: FaultKind) -> Option<String> {
+        if let Some(why) = why_not(kind, self.coordinators) {
+            return Some(why);
+        }
         match kind {
-            FaultKind::PartitionCoordinator => self.no_firewall.clone(),
-            FaultKind::Wipe => self.no_wipe.clone(),
-            k if k.hits_coordinator_replica() => Some(no_replicas(k)),
+            FaultKind::PartitionCoordinator
+            | FaultKind::PartitionCoordinatorLeader
+            | FaultKind::IsolateCoordinatorLeader => self.no_firewall.clone(),
+            FaultKind::Wipe | FaultKind::WipeCoordinator => self.no_wipe.clone(),
             _ => None,
         }
     }
 
     async fn inject(&mut self, fault: &Fault) -> anyhow::Result<()> {
         match (fault.kind, fault.targets.as_slice()) {
-            (FaultKind::Kill, &[n]) => docker(&["kill", self.id(n)?]).await.map(drop),
+            (FaultKind::Kill | FaultKind::KillCoordinatorLeader, &[n]) => {
+                docker(&["kill", self.id(n)?]).await.map(drop)
+            }
             (FaultKind::Pause, &[n]) => docker(&["pause", self.id(n)?]).await.map(drop),
             (FaultKind::Partition, &[n]) => {
                 docker(&["network", "disconnect", &self.network, self.id(n)?])
@@ -609,14 +745,32 @@ impl Backend for DockerBackend {
                 }
                 Ok(())
             }
-            (FaultKind::Wipe, &[n @ Node::Participant(_)]) => self.wipe(n).await,
+            (FaultKind::Wipe, &[n @ Node::Participant(_)])
+            | (FaultKind::WipeCoordinator, &[n @ Node::Coordinator(_)]) => self.wipe(n).await,
+            (FaultKind::PartitionCoordinatorLeader, &[n @ Node::Coordinator(_)]) => {
+                let peers: Vec<Node> = self
+                    .containers
+                    .keys()
+                    .copied()
+                    .filter(|&p| p != n)
+                    .collect();
+                self.cut_replica(n, &peers).await
+            }
+            (FaultKind::IsolateCoordinatorLeader, &[n @ Node::Coordinator(_)]) => {
+                let peers: Vec<Node> = self.replicas().into_iter().filter(|&p| p != n).collect();
+                self.cut_replica(n, &peers).await
+            }
             (FaultKind::RestartAll, _) => {
-                let ids = self.ids(self.containers.keys().copied())?;
-                let mut args = vec!["stop", "-t", "10"];
-                args.extend(ids.iter().map(String::as_str));
-                run_cmd("docker", &args, Duration::from_secs(60))
-                    .await
-                    .map(drop)
+                // The participants first, then the coordinator replicas, as
+                // the local backend does (one `docker stop` stops its
+                // containers in parallel).
+                let participants = (1..=PARTICIPANTS).map(Node::Participant);
+                for group in [self.ids(participants)?, self.ids(self.replicas())?] {
+                    let mut args = vec!["stop", "-t", "10"];
+                    args.extend(group.iter().map(String::as_str));
+                    run_cmd("docker", &args, Duration::from_secs(60)).await?;
+                }
+                Ok(())
             }
             _ => bail!("cannot inject {fault} on the docker backend"),
         }
@@ -625,7 +779,7 @@ impl Backend for DockerBackend {
     async fn heal(&mut self, fault: &Fault) -> anyhow::Result<Vec<Rejoin>> {
         let since = Instant::now();
         match (fault.kind, fault.targets.as_slice()) {
-            (FaultKind::Kill, &[n]) => {
+            (FaultKind::Kill | FaultKind::KillCoordinatorLeader, &[n]) => {
                 docker(&["start", self.id(n)?]).await?;
                 self.wait_ready(&[n], since).await
             }
@@ -643,6 +797,18 @@ impl Backend for DockerBackend {
                 }
                 self.wait_ready(targets, since).await
             }
+            (FaultKind::PartitionCoordinatorLeader | FaultKind::IsolateCoordinatorLeader, &[n]) => {
+                self.uncut(Some(n)).await?;
+                self.wait_ready(&[n], since).await
+            }
+            (FaultKind::WipeCoordinator, &[n @ Node::Coordinator(id)]) => {
+                docker(&["start", self.id(n)?]).await?;
+                self.wait_ready(&[n], since).await?;
+                let after = wait_log_caught_up(&self.status, id, since, READY_TIMEOUT)
+                    .await
+                    .with_context(|| format!("see `docker logs {}`", self.id(n).unwrap_or("?")))?;
+                Ok(vec![Rejoin { node: n, after }])
+            }
             (FaultKind::Wipe, &[n]) => {
                 // Recreated empty, but kept stopped for the hold, like a
                 // killed node; started here, so catch-up is timed alone.
@@ -650,8 +816,12 @@ impl Backend for DockerBackend {
                 self.wait_ready(&[n], since).await
             }
             (FaultKind::RestartAll, _) => {
-                docker(&["start", self.id(Node::Coordinator(1))?]).await?;
-                let mut all = self.wait_ready(&[Node::Coordinator(1)], since).await?;
+                let replicas = self.replicas();
+                let ids = self.ids(replicas.iter().copied())?;
+                let mut args = vec!["start"];
+                args.extend(ids.iter().map(String::as_str));
+                docker(&args).await?;
+                let mut all = self.wait_ready(&replicas, since).await?;
                 let participants: Vec<Node> = (1..=PARTICIPANTS).map(Node::Participant).collect();
                 let ids = self.ids(participants.iter().copied())?;
                 let mut args = vec!["start"];
@@ -673,7 +843,7 @@ impl Backend for DockerBackend {
                 Ok(s) => s,
                 // A wipe that failed between removing the container and
                 // recreating it: recreate it (empty) now.
-                Err(e) if matches!(node, Node::Participant(_)) && self.no_wipe.is_none() => {
+                Err(e) if self.no_wipe.is_none() => {
                     warnings.push(format!("{node} had no container ({e:#}); recreated it"));
                     self.recreate(node).await?;
                     self.state(node).await?
@@ -694,7 +864,7 @@ impl Backend for DockerBackend {
                 ));
                 docker(&["start", self.id(node)?]).await?;
             }
-            if self.no_firewall.is_none() && node != Node::Coordinator(1) {
+            if self.no_firewall.is_none() {
                 match self.sweep_rules(node).await {
                     Ok(0) => {}
                     Ok(n) => warnings.push(format!(
@@ -736,7 +906,7 @@ impl Backend for DockerBackend {
 
     fn addr(&self, node: Node) -> String {
         match node {
-            Node::Coordinator(_) => format!("{HOST}:{BASE_PORT}"),
+            Node::Coordinator(c) => format!("{HOST}:{}", BASE_PORT + 10 * (c as u16 - 1)),
             Node::Participant(i) => format!("{HOST}:{}", BASE_PORT + i as u16),
         }
     }

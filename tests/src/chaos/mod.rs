@@ -4,10 +4,11 @@
 //! # A run
 //!
 //! 1. **Cluster.** The [`backend::Backend`] provides a running cluster of
-//!    five participants and one coordinator, or (`--coordinators 3` or 5,
-//!    local backend) that many coordinator replicas keeping the decision
-//!    log with Raft: [`local::LocalBackend`] starts one,
-//!    [`docker::DockerBackend`] finds the compose project's containers.
+//!    five participants and one coordinator, or (`--coordinators 3` or 5
+//!    locally, 3 on docker: the compose profile `ha`) that many coordinator
+//!    replicas keeping the decision log with Raft: [`local::LocalBackend`]
+//!    starts one, [`docker::DockerBackend`] finds the compose project's
+//!    containers.
 //! 2. **Workload and nemesis, concurrently, for `--duration`.** The shared
 //!    engine ([`quintet_client::workload::run`]) runs `--clients` closed-loop
 //!    clients over a small key space (`--keys`, so keys see contention) with
@@ -101,9 +102,12 @@ use report::{ChaosReport, Check};
 /// Which cluster to run against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendKind {
-    /// Six processes started by the runner on 127.0.0.1.
+    /// Processes started by the runner on 127.0.0.1: five participants and
+    /// the coordinator replica(s).
     Local,
-    /// The compose project's containers, on 127.0.0.1:7700-7705.
+    /// The compose project's containers: participants on
+    /// 127.0.0.1:7701-7705, the coordinator on 7700 (with the profile ha
+    /// also 7710 and 7720).
     Docker,
 }
 
@@ -129,17 +133,19 @@ pub struct Args {
     /// partition-coordinator-leader, wipe-coordinator,
     /// isolate-coordinator-leader (comma-separated), or all, or none.
     /// partition is docker only; partition-coordinator cuts one or two
-    /// participants off the coordinator alone (docker: iptables, needs
-    /// root); wipe restarts a participant with its data deleted; the last
-    /// four (local, --coordinators 3 or more) kill the leading coordinator
-    /// replica, cut it off the other replicas and the participants while it
-    /// runs, restart a replica (the leader or a follower) with its data
-    /// deleted, or cut the leader off the other replicas only. Kinds not
-    /// available are named and left out.
+    /// participants off the coordinator alone; wipe restarts a participant
+    /// with its data deleted; the last four need --coordinators 3 or more
+    /// (docker: 3, the compose profile ha) and kill the leading coordinator
+    /// replica, cut it off the other replicas and the participants while
+    /// it runs, restart a replica (the leader or a follower) with its data
+    /// deleted, or cut the leader off the other replicas only. On docker
+    /// the cuts are iptables rules in the containers' network namespaces
+    /// (root, nsenter, iptables). Kinds not available are named and left
+    /// out.
     #[arg(long, default_value = "all", value_parser = parse_nemesis_list)]
     pub nemesis: NemesisList,
     /// Coordinator replicas (Raft): 1, or 3 or 5 to survive losing one or
-    /// two. Local backend only (the compose file runs one).
+    /// two. Docker: 1, or 3 with the compose profile ha.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=7))]
     pub coordinators: u32,
     /// Seed of the workload and the fault schedule [default: from the clock, printed].
@@ -169,7 +175,8 @@ pub struct Args {
     /// Docker: the compose project name.
     #[arg(long, default_value = "quintet")]
     pub project: String,
-    /// Docker: bring the compose cluster up first (`docker compose up -d --wait`).
+    /// Docker: bring the compose cluster up first (`docker compose up -d
+    /// --wait`, with `--profile ha` for --coordinators 3).
     #[arg(long)]
     pub up: bool,
     /// Local: where the server binaries are [default: next to this executable].
@@ -198,10 +205,15 @@ impl Args {
         if self.op_timeout.is_zero() {
             bail!("--op-timeout must be positive");
         }
-        if self.backend == BackendKind::Docker && self.coordinators != 1 {
+        if self.backend == BackendKind::Docker
+            && self.coordinators != 1
+            && self.coordinators != docker::HA_COORDINATORS
+        {
             bail!(
-                "--coordinators {} needs the local backend: the compose file runs a single coordinator",
-                self.coordinators
+                "--coordinators {} cannot run on docker: the compose file runs 1 coordinator \
+                 replica, or {} with the profile ha (use --backend local for other numbers)",
+                self.coordinators,
+                docker::HA_COORDINATORS
             );
         }
         Ok(())
@@ -238,9 +250,15 @@ pub async fn run(args: &Args) -> anyhow::Result<ChaosReport> {
                     args.project,
                     args.compose_file.display()
                 );
-                docker::DockerBackend::up(&args.compose_file, &args.project).await?;
+                docker::DockerBackend::up(&args.compose_file, &args.project, args.coordinators)
+                    .await?;
             }
-            let mut b = docker::DockerBackend::connect(&args.project, &args.compose_file).await?;
+            let mut b = docker::DockerBackend::connect(
+                &args.project,
+                &args.compose_file,
+                args.coordinators,
+            )
+            .await?;
             run_with(args, &mut b).await
         }
     }
@@ -252,9 +270,7 @@ pub async fn run(args: &Args) -> anyhow::Result<ChaosReport> {
 pub fn left_out(args: &Args, kind: FaultKind) -> Option<String> {
     match args.backend {
         BackendKind::Local => local::why_not(kind, args.coordinators),
-        BackendKind::Docker => kind
-            .hits_coordinator_replica()
-            .then(|| docker::no_replicas(kind)),
+        BackendKind::Docker => docker::why_not(kind, args.coordinators),
     }
 }
 
@@ -874,16 +890,29 @@ mod tests {
         // Two replicas are allowed but cannot lose one: the kinds stay out.
         let two = args(&["--coordinators", "2"]);
         assert!(left_out(&two, FaultKind::KillCoordinatorLeader).is_some());
-        // Docker runs one coordinator: never them, and no --coordinators.
+        // Docker runs one coordinator, or three with the profile ha: the
+        // kinds run with three only, and no other number is accepted.
         let docker = args(&["--backend", "docker"]);
         for k in replica_kinds {
-            assert!(left_out(&docker, k).is_some(), "{k}");
+            let why = left_out(&docker, k).expect("left out with one coordinator");
+            assert!(why.contains("--coordinators 3"), "{why}");
         }
-        assert!(
-            args(&["--backend", "docker", "--coordinators", "3"])
-                .validate()
-                .is_err()
-        );
+        let docker_ha = args(&["--backend", "docker", "--coordinators", "3"]);
+        assert!(docker_ha.validate().is_ok());
+        let planned = plan(&docker_ha, 11);
+        for k in replica_kinds {
+            assert_eq!(left_out(&docker_ha, k), None, "{k}");
+            assert!(planned.iter().any(|f| f.fault.kind == k), "{k} not planned");
+        }
+        assert!(planned.iter().any(|f| f.fault.kind == FaultKind::Partition));
+        for n in ["2", "5"] {
+            assert!(
+                args(&["--backend", "docker", "--coordinators", n])
+                    .validate()
+                    .is_err(),
+                "{n}"
+            );
+        }
         for bad in ["0", "8", "three"] {
             assert!(
                 Args::try_parse_from(["quintet-chaos", "--coordinators", bad]).is_err(),
