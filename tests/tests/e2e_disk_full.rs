@@ -212,3 +212,109 @@ async fn a_coordinator_with_a_full_disk_refuses_writes_cleanly_and_recovers() {
     drop(cluster);
     drop(small);
 }
+
+/// Without a reserve (`--min-free-mib 0`) a write can hit a truly full disk.
+/// The failed WAL write is never retried: the participant stops with one
+/// error line, the other members carry on without it, and once space is
+/// freed it restarts from what is really on disk and rejoins with every
+/// acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_log_write_stops_the_participant_and_loses_nothing() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let base = tempfile::tempdir().unwrap();
+    let p3 = base.path().join(Node::Participant(3).to_string());
+    let Some(small) = Tmpfs::mount(&p3, "64m") else {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    };
+    let opts = LocalOptions {
+        dir: Some(base.path().to_path_buf()),
+        bin_dir: Some(ensure_binaries()),
+        participant_args: vec!["--min-free-mib".into(), "0".into()],
+        ..LocalOptions::default()
+    };
+    let mut cluster = LocalCluster::start(opts, Duration::from_secs(60))
+        .await
+        .expect("cluster starts");
+    let c = Client::new(&cluster.endpoints(), Duration::from_secs(5)).unwrap();
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        let key = format!("k{i}");
+        c.put(key.as_bytes(), b"before").await.expect("room");
+        acked.push((key, b"before".to_vec()));
+    }
+
+    // Not a byte left: participant 3's next log write fails.
+    let ballast = fill(&small.0, 4096);
+    let mut filler = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&ballast)
+        .unwrap();
+    while std::io::Write::write_all(&mut filler, &[0u8; 512]).is_ok() {}
+    drop(filler);
+    let value = vec![b'v'; 64 << 10];
+    for i in 0..20 {
+        let key = format!("full{i}");
+        // Acked writes must survive; failed ones may or may not be applied.
+        if c.put(key.as_bytes(), &value).await.is_ok() {
+            acked.push((key, value.clone()));
+        }
+        if !cluster.is_running(Node::Participant(3)) {
+            break;
+        }
+    }
+    wait_for(
+        "participant 3 to stop on the failed write",
+        Duration::from_secs(30),
+        || {
+            let down = !cluster.is_running(Node::Participant(3));
+            async move { down.then_some(()) }
+        },
+    )
+    .await;
+    let log = std::fs::read_to_string(cluster.log_file(Node::Participant(3))).unwrap_or_default();
+    assert!(
+        log.contains("the write-ahead log failed; stopping to protect the data"),
+        "one clear line says why it stopped: {log}"
+    );
+    // The others carry on without it.
+    let key = "without3".to_string();
+    wait_for(
+        "writes without participant 3",
+        Duration::from_secs(15),
+        || async { c.put(key.as_bytes(), b"w").await.ok() },
+    )
+    .await;
+    acked.push((key, b"w".to_vec()));
+
+    // Space freed: it restarts from its log and rejoins with everything.
+    std::fs::remove_file(&ballast).unwrap();
+    cluster.start_node(Node::Participant(3)).unwrap();
+    let at3 = Client::new(
+        &[cluster.addr(Node::Participant(3))],
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    wait_for(
+        "participant 3 to rejoin",
+        Duration::from_secs(30),
+        || async {
+            at3.get_at(0, b"without3", ReadLevel::Linearizable)
+                .await
+                .ok()
+        },
+    )
+    .await;
+    for (k, v) in &acked {
+        let r = at3
+            .get_at(0, k.as_bytes(), ReadLevel::Serializable)
+            .await
+            .unwrap();
+        assert_eq!(r.value.map(|x| x.0).as_ref(), Some(v), "key {k}");
+    }
+    drop(cluster);
+    drop(small);
+}
