@@ -70,7 +70,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use quintet_client::Client;
 use quintet_client::client::health;
-use quintet_client::local::{LocalCluster, LocalOptions, Node, free_base_port};
+use quintet_client::local::{LocalCluster, LocalOptions, Node, PEER_PORT_OFFSET, free_base_port};
 
 use super::backend::{Backend, wait_log_caught_up, wait_ready_all};
 use super::nemesis::{Cut, Fault, FaultKind, PARTICIPANTS, Rejoin};
@@ -115,6 +115,15 @@ fn replica_addr(base_port: u16, i: u32) -> String {
     format!("127.0.0.1:{}", base_port + 10 * (i as u16 - 1))
 }
 
+/// The ports the servers of a cluster on `base_port` listen on: the
+/// coordinator replicas', the participants' client and peer ports.
+fn cluster_ports(base_port: u16, coordinators: u32) -> Vec<u16> {
+    let replicas = (1..=coordinators).map(|i| base_port + 10 * (i as u16 - 1));
+    let participants =
+        (1..=PARTICIPANTS as u16).flat_map(|n| [base_port + n, base_port + PEER_PORT_OFFSET + n]);
+    replicas.chain(participants).collect()
+}
+
 /// Every link between two servers of the cluster, each through its own
 /// cuttable proxy, one per direction of connection.
 struct Proxies {
@@ -152,6 +161,15 @@ impl Proxies {
             }
         }
         Ok(p)
+    }
+
+    /// The ports the proxies listen on.
+    fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.to_participant
+            .values()
+            .chain(self.to_coordinator.values())
+            .chain(self.raft.values())
+            .filter_map(|l| l.addr().rsplit_once(':')?.1.parse().ok())
     }
 
     /// Each replica's `--participants`, replica 1 first.
@@ -358,9 +376,23 @@ impl LocalBackend {
                 (t.path().to_path_buf(), Some(t))
             }
         };
-        // The ports first, so the proxies know where to forward.
-        let base_port = free_base_port(PARTICIPANTS.max(10 * (coordinators - 1)))?;
-        let proxies = Proxies::start(base_port, coordinators).await?;
+        // The ports first, so the proxies know where to forward. A proxy
+        // listens on a port the system picks, which may be one the cluster
+        // is about to use: then the whole lot is picked again.
+        let mut tries = 0;
+        let (base_port, proxies) = loop {
+            let base_port = free_base_port(PARTICIPANTS.max(10 * (coordinators - 1)))?;
+            let proxies = Proxies::start(base_port, coordinators).await?;
+            let taken = cluster_ports(base_port, coordinators);
+            let clash = proxies.ports().find(|p| taken.contains(p));
+            match clash {
+                None => break (base_port, proxies),
+                Some(p) if tries >= 20 => {
+                    bail!("a link proxy keeps getting port {p}, one of the cluster's own")
+                }
+                Some(_) => tries += 1,
+            }
+        };
         let opts = LocalOptions {
             dir: Some(dir),
             base_port: Some(base_port),
@@ -375,9 +407,18 @@ impl LocalBackend {
                 .then(|| proxies.peers_by_replica(coordinators)),
             ..LocalOptions::default()
         };
-        let cluster = LocalCluster::start(opts, Duration::from_secs(60))
-            .await
-            .context("starting the local cluster")?;
+        let cluster = match LocalCluster::start(opts, Duration::from_secs(60)).await {
+            Ok(c) => c,
+            Err(e) => {
+                // Keep the logs the error points at.
+                let kept = temp.map(tempfile::TempDir::keep);
+                let e = e.context("starting the local cluster");
+                return Err(match kept {
+                    Some(d) => e.context(format!("data and logs kept in {}", d.display())),
+                    None => e,
+                });
+            }
+        };
         let status = Client::new(&cluster.endpoints(), Duration::from_secs(1))
             .map_err(anyhow::Error::msg)?;
         Ok(LocalBackend {
@@ -687,6 +728,17 @@ mod tests {
             .filter(|(_, l)| l.is_cut())
             .count();
         (raft, participants)
+    }
+
+    #[test]
+    fn cluster_ports_are_the_replicas_and_both_ports_of_every_participant() {
+        let mut ports = cluster_ports(30_000, 3);
+        ports.sort_unstable();
+        let mut want = vec![30_000, 30_010, 30_020];
+        want.extend((1..=5).map(|n| 30_000 + n));
+        want.extend((1..=5).map(|n| 30_000 + PEER_PORT_OFFSET + n));
+        want.sort_unstable();
+        assert_eq!(ports, want);
     }
 
     #[tokio::test]
