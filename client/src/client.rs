@@ -13,12 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quintet_common::error::Error;
-use quintet_common::net::{Link, LinkError, context_with_timeout};
+use quintet_common::net::{Dial, Link, LinkError, context_with_timeout};
 use quintet_common::rpc::{
     AdminOnlyRequest, AdminOnlyResponse, CoordinatorStatus, GetReply, Health, ParticipantRequest,
     ParticipantResponse, ParticipantStatus, admin_conn, kv_conn,
 };
+use quintet_common::tls::TlsProblem;
 use quintet_common::types::{Op, OpResult, ReadLevel};
+use rustls::ClientConfig;
 
 /// Link to one participant.
 type ReplicaLink = Link<ParticipantRequest, ParticipantResponse>;
@@ -34,6 +36,15 @@ pub enum ClientError {
         endpoint: String,
         /// What it said.
         error: Error,
+    },
+    /// TLS refused the connection (a certificate not trusted or refused,
+    /// TLS on one side only); nothing was sent.
+    #[error("{endpoint}: {detail}")]
+    Tls {
+        /// Which replica.
+        endpoint: String,
+        /// What went wrong and what to pass.
+        detail: String,
     },
     /// No endpoint accepted a connection; nothing was sent.
     #[error(
@@ -68,7 +79,9 @@ impl ClientError {
     pub fn surely_not_applied(&self) -> bool {
         match self {
             ClientError::Server { error, .. } => error.surely_not_applied(),
-            ClientError::Unreachable { .. } | ClientError::Refused { .. } => true,
+            ClientError::Unreachable { .. }
+            | ClientError::Refused { .. }
+            | ClientError::Tls { .. } => true,
             ClientError::Unknown { .. } => false,
         }
     }
@@ -98,6 +111,7 @@ impl ClientError {
                 Error::PermissionDenied(_) => "permission_denied",
             },
             ClientError::Unreachable { .. } => "unreachable",
+            ClientError::Tls { .. } => "tls",
             ClientError::Refused { .. } => "refused",
             ClientError::Unknown { .. } => "timeout",
         }
@@ -110,6 +124,31 @@ pub struct Client {
     links: Arc<Vec<ReplicaLink>>,
     timeout: Duration,
     token: Option<String>,
+    tls: Option<Arc<ClientConfig>>,
+}
+
+/// What a TLS problem means for someone running the CLI, and what to pass.
+pub fn tls_hint(problem: &TlsProblem) -> String {
+    match problem {
+        TlsProblem::NotTrusted => "the server's certificate is not trusted: pass --cacert DIR/ca.crt (the CA that signed the cluster's certificates, from quintet certs init)".into(),
+        TlsProblem::WrongName(name) => format!(
+            "the server's certificate does not name {name}: dial a name it carries, or remake the certificates with quintet certs init --hosts {name} --force"
+        ),
+        TlsProblem::Expired => "the server's certificate has expired (or is not valid yet): renew the cluster's certificates (quintet certs init --force) and restart the servers, or check the clocks".into(),
+        TlsProblem::Refused(why) => format!(
+            "the server refused this client's certificate ({why}): pass --cert DIR/client.crt --key DIR/client.key, signed by the cluster's CA"
+        ),
+        TlsProblem::ServerWantsTls => "the server requires TLS: pass --cacert DIR/ca.crt (and --cert/--key if it asks for a client certificate)".into(),
+        TlsProblem::ServerHasNoTls => "the server did not complete a TLS handshake: it may not have TLS turned on; drop --cacert/--cert/--key, or turn TLS on at the server".into(),
+        TlsProblem::Other(e) => format!("TLS failed: {e}"),
+    }
+}
+
+fn dial_for(tls: &Option<Arc<ClientConfig>>, endpoint: &str) -> Result<Dial, String> {
+    match tls {
+        None => Ok(Dial::Plain),
+        Some(c) => Dial::tls_to(c.clone(), endpoint),
+    }
 }
 
 impl Client {
@@ -127,7 +166,41 @@ impl Client {
             links: Arc::new(links),
             timeout,
             token: None,
+            tls: None,
         })
+    }
+
+    /// The same client over TLS with `tls` (from
+    /// [`quintet_common::tls::client_config`]); `None` keeps plain TCP.
+    pub fn with_tls(mut self, tls: Option<Arc<ClientConfig>>) -> Result<Client, String> {
+        let connect = self.timeout.min(Duration::from_secs(2));
+        let links = self
+            .links
+            .iter()
+            .map(|l| {
+                Ok(Link::with_dial(
+                    l.addr(),
+                    connect,
+                    dial_for(&tls, l.addr())?,
+                ))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        self.links = Arc::new(links);
+        self.tls = tls;
+        Ok(self)
+    }
+
+    /// A client with this one's timeout, token and TLS settings for other
+    /// endpoints (with connections of its own).
+    pub fn like(&self, endpoints: &[String]) -> Result<Client, String> {
+        Client::new(endpoints, self.timeout)?
+            .with_token(self.token.clone())
+            .with_tls(self.tls.clone())
+    }
+
+    /// The TLS config, if the client uses TLS.
+    pub fn tls(&self) -> Option<&Arc<ClientConfig>> {
+        self.tls.as_ref()
     }
 
     /// The same client, sending `token` with every request (for a cluster
@@ -247,6 +320,10 @@ impl Client {
             Err(e @ LinkError::Connect { .. }) => Err(ClientError::Unreachable {
                 detail: e.to_string(),
             }),
+            Err(LinkError::Tls { problem, .. }) => Err(ClientError::Tls {
+                endpoint,
+                detail: tls_hint(&problem),
+            }),
             Err(e) if e.surely_not_sent() => Err(ClientError::Server {
                 endpoint,
                 error: Error::InvalidArgument(format!(
@@ -269,15 +346,25 @@ impl Client {
         let start = rand::random_range(0..n);
         let mut unreachable = Vec::new();
         let mut refused = Vec::new();
+        let mut tls = None;
         for k in 0..n {
             let i = (start + k) % n;
             match f(self, i).await {
                 Err(ClientError::Unreachable { detail }) => unreachable.push(detail),
+                // Surely not sent; another replica may be set up right.
+                Err(e @ ClientError::Tls { .. }) => {
+                    tls.get_or_insert(e);
+                }
                 Err(ClientError::Server { error, endpoint }) if read && error.read_elsewhere() => {
                     refused.push(format!("{endpoint} {}", error.label()));
                 }
                 other => return other,
             }
+        }
+        if let Some(e) = tls
+            && refused.is_empty()
+        {
+            return Err(e);
         }
         if refused.is_empty() {
             return Err(ClientError::Unreachable {
@@ -295,7 +382,21 @@ impl Client {
 
 /// Probes any quintet server (coordinator or participant) for health.
 pub async fn health(addr: &str, timeout: Duration) -> Result<Health, ClientError> {
-    let link: Link<AdminOnlyRequest, AdminOnlyResponse> = Link::new(addr, timeout);
+    health_with(addr, timeout, None).await
+}
+
+/// [`health`] over TLS when `tls` is given (a peer or coordinator port
+/// also needs a client certificate in it).
+pub async fn health_with(
+    addr: &str,
+    timeout: Duration,
+    tls: Option<&Arc<ClientConfig>>,
+) -> Result<Health, ClientError> {
+    let dial = dial_for(&tls.cloned(), addr).map_err(|detail| ClientError::Tls {
+        endpoint: addr.into(),
+        detail,
+    })?;
+    let link: Link<AdminOnlyRequest, AdminOnlyResponse> = Link::with_dial(addr, timeout, dial);
     let ctx = context_with_timeout(timeout);
     match link
         .call(|ch| async move { admin_conn(ch).health(ctx).await })
@@ -308,6 +409,10 @@ pub async fn health(addr: &str, timeout: Duration) -> Result<Health, ClientError
         }),
         Err(e @ LinkError::Connect { .. }) => Err(ClientError::Unreachable {
             detail: e.to_string(),
+        }),
+        Err(LinkError::Tls { problem, .. }) => Err(ClientError::Tls {
+            endpoint: addr.into(),
+            detail: tls_hint(&problem),
         }),
         Err(e) => Err(ClientError::Unknown {
             endpoint: addr.into(),

@@ -4,6 +4,7 @@
 //! and the fault-injection runner are all built on these.
 
 pub mod bench;
+pub mod certs;
 pub mod client;
 pub mod local;
 pub mod workload;

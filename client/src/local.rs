@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::client::health;
+use crate::client::health_with;
 
 /// One process of the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -79,6 +79,9 @@ pub struct LocalOptions {
     /// front of its peers, say); its own entry is ignored and replaced by
     /// its real listen address. `None`: every replica's own address.
     pub peer_addrs_by_coordinator: Option<Vec<Vec<String>>>,
+    /// TLS everywhere, with certificates from `quintet certs init` in
+    /// `DIR/certs` (made there unless a CA is there already).
+    pub tls: bool,
 }
 
 impl Default for LocalOptions {
@@ -95,6 +98,7 @@ impl Default for LocalOptions {
             coordinator_addr_for_participants: None,
             participant_addrs_by_coordinator: None,
             peer_addrs_by_coordinator: None,
+            tls: false,
         }
     }
 }
@@ -107,6 +111,8 @@ pub struct LocalCluster {
     base_port: u16,
     opts: LocalOptions,
     children: Vec<(Node, Option<Child>)>,
+    /// The client side of TLS (the CA and the client certificate), if on.
+    client_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// Finds the directory holding `quintet-coordinator` and `quintet-participant`.
@@ -250,6 +256,25 @@ impl LocalCluster {
             .map(|i| (Node::Coordinator(i), None))
             .collect();
         children.extend((1..=opts.participants).map(|i| (Node::Participant(i), None)));
+        let client_tls = if opts.tls {
+            let certs = dir.join("certs");
+            if !certs.join("ca.crt").exists() {
+                crate::certs::init(&crate::certs::CertsOptions {
+                    dir: certs.clone(),
+                    participants: opts.participants,
+                    coordinators: opts.coordinators,
+                    ..crate::certs::CertsOptions::default()
+                })?;
+            }
+            quintet_common::tls::client_config(
+                Some(&certs.join("ca.crt")),
+                Some(&certs.join("client.crt")),
+                Some(&certs.join("client.key")),
+            )
+            .map_err(anyhow::Error::msg)?
+        } else {
+            None
+        };
         let mut cluster = LocalCluster {
             dir,
             _temp: temp,
@@ -257,6 +282,7 @@ impl LocalCluster {
             base_port,
             opts,
             children,
+            client_tls,
         };
         for i in 1..=cluster.opts.coordinators {
             cluster.start_node(Node::Coordinator(i))?;
@@ -284,6 +310,17 @@ impl LocalCluster {
             }
             Node::Participant(i) => format!("127.0.0.1:{}", self.base_port + i as u16),
         }
+    }
+
+    /// Where the TLS certificates are (with [`LocalOptions::tls`]).
+    pub fn certs_dir(&self) -> Option<PathBuf> {
+        self.opts.tls.then(|| self.dir.join("certs"))
+    }
+
+    /// The TLS config clients of this cluster need (the CA and the client
+    /// certificate), if it runs TLS.
+    pub fn client_tls(&self) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+        self.client_tls.clone()
     }
 
     /// Participant `i`'s peer address (2PC and catch-up; not for clients).
@@ -408,6 +445,15 @@ impl LocalCluster {
             }
         };
         cmd.arg("--data-dir").arg(&data_dir);
+        if let Some(certs) = self.certs_dir() {
+            let stem = match node {
+                Node::Coordinator(1) => "coordinator".to_string(),
+                other => other.to_string(),
+            };
+            cmd.arg("--tls-cert").arg(certs.join(format!("{stem}.crt")));
+            cmd.arg("--tls-key").arg(certs.join(format!("{stem}.key")));
+            cmd.arg("--tls-ca").arg(certs.join("ca.crt"));
+        }
         // Flags are explicit; do not let a caller's QUINTET_* variables leak in.
         for (k, _) in std::env::vars() {
             if k.starts_with("QUINTET_") {
@@ -438,7 +484,8 @@ impl LocalCluster {
                     self.log_file(node).display()
                 );
             }
-            if let Ok(h) = health(&addr, Duration::from_millis(500)).await
+            if let Ok(h) =
+                health_with(&addr, Duration::from_millis(500), self.client_tls.as_ref()).await
                 && h.ready
             {
                 return Ok(());

@@ -741,6 +741,7 @@ struct Shared {
     endpoints: Vec<String>,
     timeout: Duration,
     token: Option<String>,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     start: Instant,
     /// Operations claimed after the warm-up, for [`Stop::Ops`].
     claimed: AtomicU64,
@@ -769,6 +770,7 @@ pub async fn run(
         endpoints: client.endpoints(),
         timeout: client.timeout(),
         token: client.token().map(String::from),
+        tls: client.tls().cloned(),
         start: Instant::now(),
         claimed: AtomicU64::new(0),
         observer,
@@ -802,7 +804,12 @@ async fn client_loop(id: u32, shared: Arc<Shared>, cancel: watch::Receiver<bool>
     let Ok(client) = Client::new(&shared.endpoints, shared.timeout) else {
         return recorder;
     };
-    let client = client.with_token(shared.token.clone());
+    let Ok(client) = client
+        .with_token(shared.token.clone())
+        .with_tls(shared.tls.clone())
+    else {
+        return recorder;
+    };
     let replicas = shared.endpoints.len();
     let mut rng = SmallRng::seed_from_u64(client_seed(spec.seed, id));
     for seq in 0u64.. {
@@ -922,8 +929,7 @@ pub async fn populate(client: &Client, spec: &WorkloadSpec) -> Result<u64, Clien
         .map(|_| {
             let next = next.clone();
             let spec = spec.clone();
-            let client = Client::new(&client.endpoints(), client.timeout())
-                .map(|c| c.with_token(client.token().map(String::from)));
+            let client = client.like(&client.endpoints());
             tokio::spawn(async move {
                 let Ok(client) = client else { return Ok(0) };
                 let mut written = 0u64;

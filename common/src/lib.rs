@@ -21,3 +21,4 @@ pub mod protocol;
 pub mod server_id;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;

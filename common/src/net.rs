@@ -11,6 +11,14 @@
 //! [`FIRST_REQUEST_TIMEOUT`], and a frame that has started must finish
 //! within [`FRAME_TIMEOUT`]. A connection may have at most
 //! [`MAX_IN_FLIGHT_PER_CONNECTION`] requests in flight.
+//!
+//! Every connection is TCP or TLS over TCP ([`Dial`] on the calling side,
+//! a server config passed to [`serve`]); everything above the byte stream
+//! is one code path. A TLS server refuses a connection whose handshake
+//! fails (or that speaks plain TCP: it answers those with a TLS alert, so
+//! a plain client can say what to fix) with one warning line, at most a
+//! few per second ([`RefusalLog`]). A caller sees a refused handshake as
+//! [`LinkError::Tls`]: nothing was sent.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -21,15 +29,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{Sink, Stream, TryStreamExt};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ServerConfig};
 use serde::{Serialize, de::DeserializeOwned};
 use std::task::{Context, Poll};
 use tarpc::client::{self, Channel, RpcError};
 use tarpc::tokio_serde::formats::Bincode;
 use tarpc::tokio_util::codec::LengthDelimitedCodec;
 use tarpc::{ClientMessage, RequestName, Response, serde_transport};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore};
 use tracing::{debug, warn};
+
+use crate::tls::{Caller, TlsProblem};
 
 /// Largest frame accepted on any port: a full batch plus headroom.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -43,35 +56,245 @@ fn codec() -> LengthDelimitedCodec {
         .new_codec()
 }
 
-/// Opens a tarpc channel to `addr`, failing after `timeout`.
+/// How a link reaches its server: plain TCP, or TLS checking that the
+/// server's certificate names `name` (a node's name, or the host dialed).
+#[derive(Clone, Default)]
+pub enum Dial {
+    /// Plain TCP.
+    #[default]
+    Plain,
+    /// TLS with this config, expecting this name.
+    Tls {
+        /// The client config (trusted CA, this side's certificate).
+        config: Arc<ClientConfig>,
+        /// The name the server's certificate must carry.
+        name: ServerName<'static>,
+    },
+}
+
+impl Debug for Dial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dial::Plain => write!(f, "plain"),
+            Dial::Tls { name, .. } => write!(f, "tls({})", name.to_str()),
+        }
+    }
+}
+
+impl Dial {
+    /// TLS to the server named `name`.
+    pub fn tls(config: Arc<ClientConfig>, name: &str) -> Result<Dial, String> {
+        let name = ServerName::try_from(name.to_string())
+            .map_err(|e| format!("{name:?} cannot be a TLS server name: {e}"))?;
+        Ok(Dial::Tls { config, name })
+    }
+
+    /// TLS to `addr` (HOST:PORT), checking the server's certificate
+    /// against HOST, as clients do.
+    pub fn tls_to(config: Arc<ClientConfig>, addr: &str) -> Result<Dial, String> {
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+        Dial::tls(config, host.trim_start_matches('[').trim_end_matches(']'))
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Dial::Plain => String::new(),
+            Dial::Tls { name, .. } => name.to_str().into_owned(),
+        }
+    }
+}
+
+/// Opens a plain tarpc channel to `addr`, failing after `timeout`.
 pub async fn connect<Req, Resp>(addr: &str, timeout: Duration) -> io::Result<Channel<Req, Resp>>
 where
     Req: Serialize + RequestName + Send + Sync + 'static,
     Resp: DeserializeOwned + Send + 'static,
 {
-    Ok(connect_watched(addr, timeout).await?.0)
+    Ok(connect_watched(addr, timeout, &Dial::Plain).await?.0)
 }
 
+/// A TLS handshake that failed after the TCP connection was made.
+#[derive(Debug)]
+struct HandshakeFailed(TlsProblem);
+
+impl std::fmt::Display for HandshakeFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for HandshakeFailed {}
+
+/// What a plain client reads when the server speaks TLS.
+#[derive(Debug)]
+struct TlsRequired;
+
+impl std::fmt::Display for TlsRequired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the server answered in TLS")
+    }
+}
+
+impl std::error::Error for TlsRequired {}
+
+/// A plain client's stream that fails with [`TlsRequired`] when the
+/// server's first byte starts a TLS record (an alert or a handshake):
+/// a quintet frame starts with its length, whose first byte is 0 or 1.
+struct ExpectPlain<S> {
+    inner: S,
+    checked: bool,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ExpectPlain<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if !self.checked
+            && let Poll::Ready(Ok(())) = polled
+            && let Some(&first) = buf.filled().get(before)
+        {
+            self.checked = true;
+            if first == 0x15 || first == 0x16 {
+                return Poll::Ready(Err(io::Error::other(TlsRequired)));
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ExpectPlain<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// One connection's byte stream, plain or TLS, either side.
+pub enum Conn {
+    /// Plain TCP as a client: watches for a TLS answer.
+    PlainClient(ExpectPlainTcp),
+    /// Plain TCP as a server.
+    Plain(TcpStream),
+    /// TLS over TCP (either side).
+    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+}
+
+/// A client's plain TCP stream (see [`Conn::PlainClient`]).
+pub struct ExpectPlainTcp(ExpectPlain<TcpStream>);
+
+macro_rules! each_conn {
+    ($self:ident, $s:ident => $e:expr) => {
+        match &mut *$self {
+            Conn::PlainClient(ExpectPlainTcp($s)) => $e,
+            Conn::Plain($s) => $e,
+            Conn::Tls($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each_conn!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        each_conn!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each_conn!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each_conn!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+/// Connects to `addr` as `dial` says; a failed TLS handshake comes back as
+/// an error holding [`HandshakeFailed`].
+async fn open(addr: &str, timeout: Duration, dial: &Dial) -> io::Result<Conn> {
+    let timed_out = || {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("connecting to {addr} timed out after {timeout:?}"),
+        )
+    };
+    let started = tokio::time::Instant::now();
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(s) => s?,
+        Err(_) => return Err(timed_out()),
+    };
+    stream.set_nodelay(true)?;
+    let (config, name) = match dial {
+        Dial::Plain => {
+            return Ok(Conn::PlainClient(ExpectPlainTcp(ExpectPlain {
+                inner: stream,
+                checked: false,
+            })));
+        }
+        Dial::Tls { config, name } => (config.clone(), name.clone()),
+    };
+    let shown = dial.name();
+    let left = timeout.saturating_sub(started.elapsed());
+    let handshake = tokio_rustls::TlsConnector::from(config).connect(name, stream);
+    match tokio::time::timeout(left.max(Duration::from_millis(100)), handshake).await {
+        Ok(Ok(tls)) => Ok(Conn::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)))),
+        Ok(Err(e)) => {
+            let problem = TlsProblem::from_io(&e, &shown).unwrap_or(match e.kind() {
+                io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe => TlsProblem::ServerHasNoTls,
+                _ => TlsProblem::Other(e.to_string()),
+            });
+            Err(io::Error::other(HandshakeFailed(problem)))
+        }
+        Err(_) => Err(io::Error::other(HandshakeFailed(TlsProblem::Other(
+            format!("no TLS handshake within {timeout:?}: the server may not have TLS turned on"),
+        )))),
+    }
+}
+
+/// How a connection's dispatch task ended: `None` while it runs, then the
+/// TLS refusal it ended with, if any.
+type Ended = tokio::sync::watch::Receiver<Option<Option<TlsProblem>>>;
+
 /// Like [`connect`], plus a flag that turns true once the connection's
-/// dispatch task has ended (the connection is dead).
+/// dispatch task has ended (the connection is dead), and how it ended.
 async fn connect_watched<Req, Resp>(
     addr: &str,
     timeout: Duration,
-) -> io::Result<(Channel<Req, Resp>, Arc<AtomicBool>)>
+    dial: &Dial,
+) -> io::Result<Watched<Req, Resp>>
 where
     Req: Serialize + RequestName + Send + Sync + 'static,
     Resp: DeserializeOwned + Send + 'static,
 {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(s) => s?,
-        Err(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("connecting to {addr} timed out after {timeout:?}"),
-            ));
-        }
-    };
-    stream.set_nodelay(true)?;
+    let stream = open(addr, timeout, dial).await?;
     let framed = tarpc::tokio_util::codec::Framed::new(stream, codec());
     let transport = serde_transport::new(framed, Bincode::default());
     let mut config = client::Config::default();
@@ -81,13 +304,18 @@ where
     let dead = Arc::new(AtomicBool::new(false));
     let flag = dead.clone();
     let peer = addr.to_string();
+    let name = dial.name();
+    let (ended_tx, ended) = tokio::sync::watch::channel(None);
     tokio::spawn(async move {
+        let mut problem = None;
         if let Err(e) = dispatch.await {
             debug!(%peer, error = %e, "connection broken");
+            problem = tls_refusal_in(&e, &name);
         }
         flag.store(true, Ordering::Release);
+        ended_tx.send_replace(Some(problem));
     });
-    Ok((client, dead))
+    Ok((client, dead, ended))
 }
 
 /// Binds `addr`, with an error that names the address and the likely cause.
@@ -237,7 +465,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FrameTimeout<S>
 pub type ServerTransport<Req, Resp> = futures::stream::InspectErr<
     FirstFrameDeadline<
         serde_transport::Transport<
-            FrameTimeout<TcpStream>,
+            FrameTimeout<Conn>,
             ClientMessage<Req>,
             Response<Resp>,
             Bincode<ClientMessage<Req>, Response<Resp>>,
@@ -316,21 +544,122 @@ where
     }
 }
 
+/// Logs refused connections: one warning line each, at most
+/// [`RefusalLog::PER_SECOND`] a second; the next line logged after a
+/// burst says how many were left out.
+pub struct RefusalLog {
+    state: std::sync::Mutex<(std::time::Instant, u32, u64)>,
+}
+
+impl Default for RefusalLog {
+    fn default() -> Self {
+        RefusalLog {
+            state: std::sync::Mutex::new((std::time::Instant::now(), 0, 0)),
+        }
+    }
+}
+
+impl RefusalLog {
+    /// Most lines a second.
+    pub const PER_SECOND: u32 = 5;
+
+    /// Logs one refusal of `peer`, unless over the rate.
+    pub fn refused(&self, peer: std::net::SocketAddr, why: &str) {
+        let mut g = match self.state.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = std::time::Instant::now();
+        if now.duration_since(g.0) >= Duration::from_secs(1) {
+            *g = (now, 0, g.2);
+        }
+        if g.1 >= Self::PER_SECOND {
+            g.2 += 1;
+            return;
+        }
+        g.1 += 1;
+        let left_out = std::mem::take(&mut g.2);
+        drop(g);
+        if left_out > 0 {
+            warn!(%peer, left_out, "refused a connection: {why} (and {left_out} more refusals not logged)");
+        } else {
+            warn!(%peer, "refused a connection: {why}");
+        }
+    }
+}
+
+/// The TLS alert a plain-TCP caller gets from a TLS port before it is
+/// closed (fatal, protocol_version): what tells a quintet client to turn
+/// TLS on.
+const PLAIN_TCP_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46];
+
+/// Runs the server side of a TLS handshake, refusing plain TCP.
+async fn accept_tls(
+    mut stream: TcpStream,
+    config: Arc<ServerConfig>,
+) -> Result<(Conn, Caller), String> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(0) => return Err("closed before a TLS handshake".into()),
+        Ok(_) if first[0] != 0x16 => {
+            use tokio::io::AsyncReadExt as _;
+            let _ = stream.write_all(&PLAIN_TCP_ALERT).await;
+            let _ = stream.shutdown().await;
+            // Read what the client sent until it closes (briefly): closing
+            // with unread bytes would reset the connection, and the client
+            // might lose the alert before reading it.
+            let mut sink = [0u8; 4096];
+            let drain = async {
+                let mut total = 0usize;
+                while let Ok(n) = stream.read(&mut sink).await {
+                    total += n;
+                    if n == 0 || total > MAX_FRAME {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+            return Err(
+                "plain TCP on a TLS port (the client has no TLS settings: --cacert)".into(),
+            );
+        }
+        Ok(_) => {}
+        Err(e) => return Err(format!("cannot read: {e}")),
+    }
+    match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
+        Ok(tls) => {
+            let caller = Caller::from_peer_certs(tls.get_ref().1.peer_certificates());
+            Ok((
+                Conn::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))),
+                caller,
+            ))
+        }
+        Err(e) => Err(crate::tls::describe_refusal(&e)),
+    }
+}
+
 /// Accepts connections on `listener` until `shutdown` resolves and hands each
-/// one, as a transport, to `handle` (which runs tarpc's `BaseChannel` on it).
-/// The handler is written where the service type is concrete, so the
-/// compiler can see that its futures are `Send`; see [`execute!`](crate::execute).
+/// one, as a transport, to `handle` (which runs tarpc's `BaseChannel` on it)
+/// with who the caller is. With `tls`, each connection first completes a
+/// TLS handshake (within [`FIRST_REQUEST_TIMEOUT`]) or is refused with one
+/// warning line. The handler is written where the service type is
+/// concrete, so the compiler can see that its futures are `Send`; see
+/// [`execute!`](crate::execute).
 pub async fn serve<Req, Resp, F, Fut>(
     listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
     shutdown: impl Future<Output = ()>,
     handle: F,
 ) where
     Req: DeserializeOwned + Send + Unpin + 'static,
     Resp: Serialize + Send + Unpin + 'static,
-    F: Fn(ServerTransport<Req, Resp>) -> Fut + Send + 'static,
+    F: Fn(ServerTransport<Req, Resp>, Caller) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let handle = Arc::new(handle);
+    let refusals = Arc::new(RefusalLog::default());
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -349,22 +678,41 @@ pub async fn serve<Req, Resp, F, Fut>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let framed = tarpc::tokio_util::codec::Framed::new(
-            FrameTimeout::new(stream, FRAME_TIMEOUT),
-            codec(),
-        );
-        let log: Box<dyn Fn(&io::Error) + Send + Sync> = Box::new(
-            move |e| warn!(%peer, error = ?e, "dropping connection: unreadable or stalled request"),
-        );
-        let transport = FirstFrameDeadline::new(
-            serde_transport::new(framed, Bincode::default()),
-            FIRST_REQUEST_TIMEOUT,
-        )
-        .inspect_err(log);
-        let conn = handle(transport);
+        let handle = handle.clone();
+        let refusals = refusals.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            conn.await;
+            let (conn, caller) = match tls {
+                None => (Conn::Plain(stream), Caller::Unverified),
+                Some(config) => {
+                    match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, accept_tls(stream, config))
+                        .await
+                    {
+                        Ok(Ok(accepted)) => accepted,
+                        Ok(Err(why)) => return refusals.refused(peer, &why),
+                        Err(_) => {
+                            return refusals.refused(
+                                peer,
+                                &format!("no TLS handshake within {FIRST_REQUEST_TIMEOUT:?}"),
+                            );
+                        }
+                    }
+                }
+            };
+            let framed = tarpc::tokio_util::codec::Framed::new(
+                FrameTimeout::new(conn, FRAME_TIMEOUT),
+                codec(),
+            );
+            let log: Box<dyn Fn(&io::Error) + Send + Sync> = Box::new(
+                move |e| warn!(%peer, error = ?e, "dropping connection: unreadable or stalled request"),
+            );
+            let transport = FirstFrameDeadline::new(
+                serde_transport::new(framed, Bincode::default()),
+                FIRST_REQUEST_TIMEOUT,
+            )
+            .inspect_err(log);
+            handle(transport, caller).await;
             debug!(%peer, "connection closed");
         });
     }
@@ -388,8 +736,9 @@ macro_rules! execute {
     }};
 }
 
-/// A channel and the flag that turns true when its connection dies.
-type Watched<Req, Resp> = (Channel<Req, Resp>, Arc<AtomicBool>);
+/// A channel, the flag that turns true when its connection dies, and how
+/// it ended.
+type Watched<Req, Resp> = (Channel<Req, Resp>, Arc<AtomicBool>, Ended);
 
 /// A client connection to one address that reconnects on demand.
 ///
@@ -398,6 +747,7 @@ type Watched<Req, Resp> = (Channel<Req, Resp>, Arc<AtomicBool>);
 pub struct Link<Req, Resp> {
     addr: String,
     connect_timeout: Duration,
+    dial: Dial,
     channel: Mutex<Option<Watched<Req, Resp>>>,
 }
 
@@ -411,6 +761,15 @@ pub enum LinkError {
         addr: String,
         /// The cause.
         source: io::Error,
+    },
+    /// The TLS handshake failed or the server refused it (or, plain,
+    /// the server wants TLS): nothing was sent.
+    #[error("{addr}: {problem}")]
+    Tls {
+        /// The address.
+        addr: String,
+        /// What went wrong.
+        problem: TlsProblem,
     },
     /// The request may have been sent; its outcome is unknown.
     #[error("{addr}: {}", crate::rpc::describe_rpc_error(.source))]
@@ -428,6 +787,7 @@ impl LinkError {
     pub fn surely_not_sent(&self) -> bool {
         match self {
             LinkError::Connect { .. }
+            | LinkError::Tls { .. }
             | LinkError::Rpc {
                 source: RpcError::Send(_),
                 ..
@@ -448,11 +808,17 @@ where
     Req: Serialize + RequestName + Send + Sync + 'static,
     Resp: DeserializeOwned + Send + 'static,
 {
-    /// A link to `addr`; nothing is connected until the first call.
+    /// A plain-TCP link to `addr`; nothing is connected until the first call.
     pub fn new(addr: impl Into<String>, connect_timeout: Duration) -> Self {
+        Link::with_dial(addr, connect_timeout, Dial::Plain)
+    }
+
+    /// A link to `addr` that connects as `dial` says.
+    pub fn with_dial(addr: impl Into<String>, connect_timeout: Duration, dial: Dial) -> Self {
         Link {
             addr: addr.into(),
             connect_timeout,
+            dial,
             channel: Mutex::new(None),
         }
     }
@@ -467,20 +833,35 @@ where
     /// connection that had already died, so a failure to connect here is the
     /// one failure that proves a request was not sent.
     pub async fn channel(&self) -> Result<Channel<Req, Resp>, LinkError> {
+        Ok(self.watched().await?.0)
+    }
+
+    async fn watched(&self) -> Result<(Channel<Req, Resp>, Ended), LinkError> {
         let mut guard = self.channel.lock().await;
-        if let Some((c, dead)) = guard.as_ref()
+        if let Some((c, dead, ended)) = guard.as_ref()
             && !dead.load(Ordering::Acquire)
         {
-            return Ok(c.clone());
+            return Ok((c.clone(), ended.clone()));
         }
-        let (c, dead) = connect_watched(&self.addr, self.connect_timeout)
+        let (c, dead, ended) = connect_watched(&self.addr, self.connect_timeout, &self.dial)
             .await
-            .map_err(|source| LinkError::Connect {
-                addr: self.addr.clone(),
-                source,
+            .map_err(|source| {
+                match source
+                    .get_ref()
+                    .and_then(|e| e.downcast_ref::<HandshakeFailed>())
+                {
+                    Some(HandshakeFailed(problem)) => LinkError::Tls {
+                        addr: self.addr.clone(),
+                        problem: problem.clone(),
+                    },
+                    None => LinkError::Connect {
+                        addr: self.addr.clone(),
+                        source,
+                    },
+                }
             })?;
-        *guard = Some((c.clone(), dead));
-        Ok(c)
+        *guard = Some((c.clone(), dead, ended.clone()));
+        Ok((c, ended))
     }
 
     /// Runs `call` on the channel; a broken connection is dropped so the next
@@ -490,15 +871,34 @@ where
         F: FnOnce(Channel<Req, Resp>) -> Fut,
         Fut: Future<Output = Result<T, RpcError>>,
     {
-        let channel = self.channel().await?;
+        let (channel, mut ended) = self.watched().await?;
         match call(channel).await {
             Ok(v) => Ok(v),
             Err(source) => {
-                if matches!(
+                let broken = matches!(
                     source,
                     RpcError::Shutdown | RpcError::Channel(_) | RpcError::Send(_)
-                ) {
+                );
+                if broken {
                     self.channel.lock().await.take();
+                }
+                // A server that refused this side's certificate says so
+                // only after the client's handshake; the connection's end
+                // tells (at once: it ended when the call failed).
+                let mut refused = refused_by_tls(&source, &self.dial.name());
+                if refused.is_none() && broken {
+                    let wait = ended.wait_for(|e| e.is_some());
+                    if let Ok(Ok(end)) =
+                        tokio::time::timeout(Duration::from_millis(200), wait).await
+                    {
+                        refused = end.clone().flatten();
+                    }
+                }
+                if let Some(problem) = refused {
+                    return Err(LinkError::Tls {
+                        addr: self.addr.clone(),
+                        problem,
+                    });
                 }
                 Err(LinkError::Rpc {
                     addr: self.addr.clone(),
@@ -507,6 +907,55 @@ where
             }
         }
     }
+}
+
+/// The TLS refusal a failed call's connection ended with, if it did: a
+/// TLS answer to plain TCP, or a TLS alert (a server that refuses this
+/// side's certificate says so only after the client's handshake is done).
+/// A server that refused the handshake ran nothing.
+fn refused_by_tls(e: &RpcError, name: &str) -> Option<TlsProblem> {
+    let RpcError::Channel(_) = e else {
+        return None;
+    };
+    tls_refusal_in(e, name)
+}
+
+/// The TLS refusal anywhere in an error's chain.
+fn tls_refusal_in(e: &(dyn std::error::Error + 'static), name: &str) -> Option<TlsProblem> {
+    let mut todo: Vec<&(dyn std::error::Error + 'static)> = vec![e];
+    let mut steps = 0;
+    while let Some(err) = todo.pop() {
+        steps += 1;
+        if steps > 32 {
+            break;
+        }
+        if err.is::<TlsRequired>() {
+            return Some(TlsProblem::ServerWantsTls);
+        }
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            // Only a refused certificate proves the handshake never ended;
+            // any other TLS failure may come mid-connection.
+            let problem = TlsProblem::from_rustls(r, name);
+            return matches!(problem, TlsProblem::Refused(_)).then_some(problem);
+        }
+        if let Some(io) = err.downcast_ref::<io::Error>()
+            && let Some(inner) = io.get_ref()
+        {
+            todo.push(inner);
+        }
+        // tarpc keeps the transport's error in an Arc, whose own `Error`
+        // impl skips the error it holds.
+        if let Some(arc) = err.downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>() {
+            todo.push(&**arc);
+        }
+        if let Some(arc) = err.downcast_ref::<Arc<io::Error>>() {
+            todo.push(&**arc);
+        }
+        if let Some(next) = err.source() {
+            todo.push(next);
+        }
+    }
+    None
 }
 
 impl<Req, Resp> Debug for Link<Req, Resp> {
@@ -534,12 +983,17 @@ where
     Req: Serialize + RequestName + Send + Sync + 'static,
     Resp: DeserializeOwned + Send + 'static,
 {
-    /// Links to these addresses; the first is tried first.
+    /// Plain-TCP links to these addresses; the first is tried first.
     pub fn new(addrs: &[String], connect_timeout: Duration) -> Self {
+        LeaderLinks::with_dial(addrs, connect_timeout, Dial::Plain)
+    }
+
+    /// Links to these addresses that connect as `dial` says.
+    pub fn with_dial(addrs: &[String], connect_timeout: Duration, dial: Dial) -> Self {
         LeaderLinks {
             links: addrs
                 .iter()
-                .map(|a| Link::new(a.trim(), connect_timeout))
+                .map(|a| Link::with_dial(a.trim(), connect_timeout, dial.clone()))
                 .collect(),
             current: std::sync::atomic::AtomicUsize::new(0),
         }
@@ -635,6 +1089,44 @@ mod tests {
         let err = conn.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
         assert!(started.elapsed() >= Duration::from_secs(9));
+    }
+
+    /// A plain client that reaches a TLS port learns that it needs TLS,
+    /// as a refusal that surely sent nothing.
+    #[tokio::test]
+    async fn a_plain_call_answered_in_tls_is_a_tls_refusal() {
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap().to_string();
+        let answering = tokio::spawn(async move {
+            let (mut c, _) = server.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf).await;
+            c.write_all(&PLAIN_TCP_ALERT).await.unwrap();
+            let _ = c.shutdown().await;
+            let _ = c.read(&mut buf).await;
+        });
+        let link: Link<CoordinatorRequest, CoordinatorResponse> =
+            Link::new(addr, Duration::from_secs(1));
+        let err = link
+            .call(|ch| async move {
+                coord_conn(ch)
+                    .status(context_with_timeout(Duration::from_secs(2)))
+                    .await
+            })
+            .await
+            .expect_err("no answer from a TLS port");
+        assert!(
+            matches!(
+                err,
+                LinkError::Tls {
+                    problem: TlsProblem::ServerWantsTls,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.surely_not_sent());
+        answering.await.unwrap();
     }
 
     /// A replica that accepts connections and never answers (paused, or

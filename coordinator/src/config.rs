@@ -111,6 +111,23 @@ pub struct Config {
     #[arg(long, env = "QUINTET_MIN_FREE_MIB", default_value_t = 32)]
     pub min_free_mib: u64,
 
+    /// This replica's TLS certificate (PEM; `quintet certs init` makes
+    /// DIR/coordinator.crt for replica 1 and DIR/coordinator-N.crt for
+    /// the others): with --tls-key and --tls-ca, the port requires mutual
+    /// TLS, and this replica presents it when it dials participants and
+    /// the other replicas.
+    #[arg(long, env = "QUINTET_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "QUINTET_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The cluster CA (PEM; DIR/ca.crt): participants and the other
+    /// replicas must present certificates signed by it.
+    #[arg(long, env = "QUINTET_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, env = "QUINTET_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

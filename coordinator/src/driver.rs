@@ -35,6 +35,7 @@ use quintet_common::rpc::{
     coord_peer_conn, peer_conn,
 };
 use quintet_common::storage::{wal, writer::LogWriter};
+use quintet_common::tls::{self, NodeTls};
 use quintet_common::types::{BatchId, ClusterId, NodeId, Op, OpResult, Version};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
@@ -157,6 +158,9 @@ pub struct Settings {
     /// New writes are refused while the data dir's file system has less
     /// free than this.
     pub min_free_bytes: u64,
+    /// TLS towards the other replicas, if on (participant links come
+    /// ready-made in `peers`).
+    pub tls: Option<Arc<NodeTls>>,
 }
 
 /// The queue of encoded Raft messages to one peer's sender task.
@@ -249,7 +253,11 @@ impl Driver {
                 continue;
             }
             let (out, rx) = mpsc::unbounded_channel();
-            let link = Arc::new(ReplicaLink::new(addr.clone(), Duration::from_millis(500)));
+            let link = Arc::new(ReplicaLink::with_dial(
+                addr.clone(),
+                Duration::from_millis(500),
+                tls::dial(&self.s.tls, &tls::coordinator_replica_name(to)),
+            ));
             tokio::spawn(raft_sender(
                 me,
                 to,
@@ -360,7 +368,12 @@ impl Driver {
             .filter(|(id, _)| **id != self.s.id as u64)
             .map(|(id, a)| (*id, a.clone()))
             .collect();
-        tokio::spawn(survey(self.s.id as u64, peers, self.tx.clone()));
+        tokio::spawn(survey(
+            self.s.id as u64,
+            peers,
+            self.s.tls.clone(),
+            self.tx.clone(),
+        ));
     }
 
     fn surveyed(&mut self, outcome: Survey) {
@@ -403,6 +416,7 @@ impl Driver {
             self.s.id as u64,
             self.s.join.clone(),
             self.s.advertise.clone(),
+            tls::dial(&self.s.tls, tls::COORDINATOR),
             self.tx.clone(),
         ));
     }
@@ -1015,14 +1029,18 @@ fn reply_not_leader(ev: Event, e: Error) {
 /// hold none ([`Survey::New`]). A round waits for every answer (or its
 /// timeout), so a live replica with a log is heard before a new group is
 /// declared by the empty ones.
-async fn survey(me: u64, peers: Vec<(u64, String)>, events: mpsc::UnboundedSender<Event>) {
+async fn survey(
+    me: u64,
+    peers: Vec<(u64, String)>,
+    node_tls: Option<Arc<NodeTls>>,
+    events: mpsc::UnboundedSender<Event>,
+) {
     let links: Vec<(u64, Arc<ReplicaLink>)> = peers
         .into_iter()
         .map(|(id, a)| {
-            (
-                id,
-                Arc::new(ReplicaLink::new(a, Duration::from_millis(500))),
-            )
+            let dial = tls::dial(&node_tls, &tls::coordinator_replica_name(id));
+            let link = ReplicaLink::with_dial(a, Duration::from_millis(500), dial);
+            (id, Arc::new(link))
         })
         .collect();
     let group = links.len() + 1;
@@ -1072,12 +1090,15 @@ async fn join(
     me: u64,
     addrs: Vec<String>,
     advertise: String,
+    dial: quintet_common::net::Dial,
     events: mpsc::UnboundedSender<Event>,
 ) {
-    let links = quintet_common::net::LeaderLinks::<CoordinatorRequest, CoordinatorResponse>::new(
-        &addrs,
-        Duration::from_millis(500),
-    );
+    let links =
+        quintet_common::net::LeaderLinks::<CoordinatorRequest, CoordinatorResponse>::with_dial(
+            &addrs,
+            Duration::from_millis(500),
+            dial,
+        );
     let started = Instant::now();
     let mut said = Instant::now();
     loop {

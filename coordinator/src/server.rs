@@ -15,6 +15,7 @@ use quintet_common::rpc::{
     coord_peer_conn,
 };
 use quintet_common::storage::{wal::Wal, writer::LogWriter};
+use quintet_common::tls::{self, Caller, NodeTls};
 use quintet_common::types::{ClusterId, NodeId};
 use tokio::sync::mpsc;
 use tracing::info;
@@ -28,6 +29,18 @@ use crate::service::Handler;
 /// Runs the coordinator until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     config.validate()?;
+    // Bad TLS files stop the start, with what to fix.
+    let node_tls = NodeTls::from_flags(
+        config.tls_cert.as_deref(),
+        config.tls_key.as_deref(),
+        config.tls_ca.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    if let Some(t) = &node_tls {
+        t.require_own_name(tls::COORDINATOR)
+            .and_then(|()| t.require_own_name(&tls::coordinator_replica_name(config.id as u64)))
+            .map_err(anyhow::Error::msg)?;
+    }
     let dir = config.data_dir.clone();
     let replicas = config.replicas();
     let (wal, payloads) = Wal::open(&dir, net::MAX_FRAME)?;
@@ -86,7 +99,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 dir.display()
             )
         })?
-    } else if config.join.is_empty() || (config.id == 1 && !group_exists(&config).await) {
+    } else if config.join.is_empty() || (config.id == 1 && !group_exists(&config, &node_tls).await)
+    {
         let mut coordinators: BTreeMap<u64, String> = BTreeMap::new();
         if config.join.is_empty() {
             coordinators.extend(
@@ -147,9 +161,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .iter()
         .zip(&config.participants)
         .map(|(&id, addr)| {
+            // The participant must prove it is participant `id`.
+            let dial = tls::dial(&node_tls, &tls::participant_name(id));
             (
                 id,
-                Arc::new(Link::new(addr.clone(), Duration::from_secs(2))),
+                Arc::new(Link::with_dial(addr.clone(), Duration::from_secs(2), dial)),
             )
         })
         .collect();
@@ -179,6 +195,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         takeover_wait,
         lease_guard: tick_every * election_ticks as u32,
         min_free_bytes: config.min_free_mib << 20,
+        tls: node_tls.clone(),
     };
     info!(
         id = config.id,
@@ -186,6 +203,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         applied = replica.applied(),
         committed = replica.state().committed,
         listen = %config.listen,
+        tls = node_tls.is_some(),
         min_participants = config.min_members(),
         "coordinator replica starting"
     );
@@ -202,12 +220,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         events: tx.clone(),
         id: config.id,
         addresses: Arc::new(config.participants.clone()),
+        caller: Caller::Unverified,
     };
-    net::serve(listener, shutdown, move |transport| {
+    let server_tls = node_tls.as_ref().map(|t| t.peer_server());
+    net::serve(listener, server_tls, shutdown, move |transport, caller| {
+        let handler = Handler {
+            caller,
+            ..handler.clone()
+        };
         let service = CoordinatorServe {
             admin: <Handler as Admin>::serve(handler.clone()),
             coord: <Handler as Coord>::serve(handler.clone()),
-            raft: <Handler as CoordPeer>::serve(handler.clone()),
+            raft: <Handler as CoordPeer>::serve(handler),
         };
         quintet_common::execute!(transport, service)
     })
@@ -220,10 +244,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// Whether any of the `--join` replicas holds a log (asked once, each with
 /// a bound): replica 1 with an empty log founds a new group only when none
 /// does, and otherwise joins (it was wiped).
-async fn group_exists(config: &Config) -> bool {
+async fn group_exists(config: &Config, node_tls: &Option<Arc<NodeTls>>) -> bool {
     let asks = config.join.iter().map(|addr| async move {
-        let link: Link<CoordinatorRequest, CoordinatorResponse> =
-            Link::new(addr.trim(), Duration::from_millis(500));
+        let link: Link<CoordinatorRequest, CoordinatorResponse> = Link::with_dial(
+            addr.trim(),
+            Duration::from_millis(500),
+            tls::dial(node_tls, tls::COORDINATOR),
+        );
         let ctx = net::context_with_timeout(Duration::from_secs(1));
         let id = config.id as u64;
         let answer = link

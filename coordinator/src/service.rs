@@ -15,6 +15,7 @@ use quintet_common::rpc::{
     Admin, Coord, CoordPeer, CoordinatorStatus, Decision, Health, RegisterReply, RegisterRequest,
     RenewReply, RenewRequest, ResolveRequest,
 };
+use quintet_common::tls::Caller;
 use quintet_common::types::{Op, OpResult};
 use tarpc::context::Context;
 use tokio::sync::{mpsc, oneshot};
@@ -31,6 +32,8 @@ pub struct Handler {
     pub id: u32,
     /// Participant addresses as configured (id i at index i-1).
     pub addresses: Arc<Vec<String>>,
+    /// Who this connection's caller is (its TLS certificate).
+    pub caller: Caller,
 }
 
 fn stopped() -> Error {
@@ -61,6 +64,7 @@ impl Admin for Handler {
 
 impl Coord for Handler {
     async fn register(self, _: Context, req: RegisterRequest) -> Result<RegisterReply, Error> {
+        self.caller.require_participant(req.id)?;
         let n = self.addresses.len() as u32;
         if req.id == 0 || req.id > n {
             return Err(Error::ClusterMismatch(format!(
@@ -101,6 +105,7 @@ impl Coord for Handler {
     }
 
     async fn renew(self, _: Context, mut req: RenewRequest) -> Result<RenewReply, Error> {
+        self.caller.require_participant(req.id)?;
         if req.advertise.is_empty()
             && let Some(addr) = self.addresses.get((req.id as usize).wrapping_sub(1))
         {
@@ -110,6 +115,7 @@ impl Coord for Handler {
     }
 
     async fn submit(self, _: Context, op: Op) -> Result<OpResult, Error> {
+        self.caller.require_a_participant()?;
         let (tx, rx) = oneshot::channel();
         self.events
             .send(Event::Submit(op, tx))
@@ -122,6 +128,7 @@ impl Coord for Handler {
     }
 
     async fn resolve(self, _: Context, req: ResolveRequest) -> Result<Decision, Error> {
+        self.caller.require_participant(req.from)?;
         let status = self.ask(Event::Status).await??;
         if req.cluster != status.cluster {
             return Err(Error::ClusterMismatch(format!(
@@ -134,6 +141,7 @@ impl Coord for Handler {
     }
 
     async fn status(self, _: Context) -> Result<CoordinatorStatus, Error> {
+        self.caller.require_a_participant()?;
         self.ask(Event::Status).await?
     }
 }
@@ -146,6 +154,7 @@ impl CoordPeer for Handler {
         cluster: u64,
         msgs: Vec<Vec<u8>>,
     ) -> Result<(), Error> {
+        self.caller.require_coordinator_replica(from)?;
         let mut decoded = Vec::with_capacity(msgs.len());
         for m in &msgs {
             match raft::eraftpb::Message::parse_from_bytes(m) {
@@ -163,10 +172,12 @@ impl CoordPeer for Handler {
     }
 
     async fn survey(self, _: Context, from: u64) -> Result<u64, Error> {
+        self.caller.require_coordinator_replica(from)?;
         self.ask(|tx| Event::Survey(from, tx)).await
     }
 
     async fn join(self, _: Context, id: u64, address: String) -> Result<Vec<(u64, String)>, Error> {
+        self.caller.require_coordinator_replica(id)?;
         if id == 0 || id > 7 || address.trim().is_empty() {
             return Err(Error::InvalidArgument(format!(
                 "a coordinator replica asked to join as id {id} at {address:?}: give an id from 1 to 7 and an address"

@@ -224,7 +224,14 @@ async fn attempt(node: &Node, source: &Source) -> Result<Progress, String> {
     if source.addr.is_empty() {
         return Err(format!("no address known for participant {}", source.id));
     }
-    let link = Arc::new(PeerLink::new(source.addr.clone(), Duration::from_secs(2)));
+    // The source must prove it is the member the coordinator named.
+    let dial =
+        quintet_common::tls::dial(&node.tls, &quintet_common::tls::participant_name(source.id));
+    let link = Arc::new(PeerLink::with_dial(
+        source.addr.clone(),
+        Duration::from_secs(2),
+        dial,
+    ));
     node.task().source = Some((source.id, link.clone()));
     node.step(|sm| sm.begin_catch_up())
         .await

@@ -88,6 +88,22 @@ pub struct Config {
     #[arg(long, env = "QUINTET_AUTH_FILE")]
     pub auth_file: Option<PathBuf>,
 
+    /// This node's TLS certificate (PEM; `quintet certs init` makes
+    /// DIR/participant-ID.crt): with --tls-key and --tls-ca, both ports
+    /// speak TLS, the peer port requires a client certificate signed by
+    /// the CA, and this replica presents it when it dials.
+    #[arg(long, env = "QUINTET_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "QUINTET_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The cluster CA (PEM; DIR/ca.crt): the certificates of the other
+    /// servers and of clients must be signed by it.
+    #[arg(long, env = "QUINTET_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, env = "QUINTET_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

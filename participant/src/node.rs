@@ -62,6 +62,8 @@ pub struct Node {
     pub(crate) data_dir: PathBuf,
     snapshot_bytes: u64,
     min_free_bytes: u64,
+    /// TLS towards other participants (catch-up), if on.
+    pub(crate) tls: Option<Arc<quintet_common::tls::NodeTls>>,
     /// Whether the last prepare found the disk below its reserve.
     disk_full: AtomicBool,
     pub(crate) snapshotting: Arc<AtomicBool>,
@@ -94,6 +96,8 @@ pub struct Settings {
     pub snapshot_bytes: u64,
     /// Vote NO on prepares while the data dir's file system has less free.
     pub min_free_bytes: u64,
+    /// TLS towards other participants (catch-up), if on.
+    pub tls: Option<Arc<quintet_common::tls::NodeTls>>,
 }
 
 pub(crate) fn encode(record: &Record) -> Vec<u8> {
@@ -126,6 +130,7 @@ impl Node {
             data_dir: settings.data_dir,
             snapshot_bytes: settings.snapshot_bytes,
             min_free_bytes: settings.min_free_bytes,
+            tls: settings.tls,
             disk_full: AtomicBool::new(false),
             snapshotting: Arc::new(AtomicBool::new(false)),
             registered: AtomicBool::new(false),

@@ -21,6 +21,7 @@ use quintet_common::net::{self, LeaderLinks};
 use quintet_common::protocol::participant::{Participant, Record, Snapshot};
 use quintet_common::rpc::{Admin, ClientPortServe, Kv, Peer, PeerPortServe};
 use quintet_common::storage::{snapshot, wal::Wal, writer::LogWriter};
+use quintet_common::tls::{self, Caller, NodeTls};
 use quintet_common::types::Limits;
 use tracing::{info, warn};
 
@@ -106,6 +107,17 @@ pub fn open_state(
 /// Runs a participant until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     config.validate()?;
+    // Bad TLS files stop the start, with what to fix.
+    let tls = NodeTls::from_flags(
+        config.tls_cert.as_deref(),
+        config.tls_key.as_deref(),
+        config.tls_ca.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    if let Some(t) = &tls {
+        t.require_own_name(&tls::participant_name(config.id))
+            .map_err(anyhow::Error::msg)?;
+    }
     // A bad auth file stops the start, before anything is opened.
     let auth: Auth = Arc::new(std::sync::RwLock::new(match &config.auth_file {
         Some(path) => {
@@ -130,7 +142,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let peer_listener = net::bind(&config.peer_listen_addr())
         .await
         .map_err(|e| anyhow::anyhow!("{e} (the peer port: --peer-listen)"))?;
-    let link = LeaderLinks::new(&config.coordinator, COORDINATOR_CONNECT_TIMEOUT);
+    let link = LeaderLinks::with_dial(
+        &config.coordinator,
+        COORDINATOR_CONNECT_TIMEOUT,
+        tls::dial(&tls, tls::COORDINATOR),
+    );
     let settings = Settings {
         id: config.id,
         limits,
@@ -140,6 +156,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         data_dir: dir.clone(),
         snapshot_bytes: config.snapshot_mib.max(1) << 20,
         min_free_bytes: config.min_free_mib << 20,
+        tls: tls.clone(),
     };
     let node = Node::new(settings, sm, log, link);
     let reply = node
@@ -169,6 +186,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         node = config.id,
         listen = %config.listen_addr(),
         peer_listen = %config.peer_listen_addr(),
+        tls = tls.is_some(),
         cluster = %reply.cluster,
         epoch = reply.epoch,
         committed = reply.committed,
@@ -180,23 +198,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .auth_file
         .clone()
         .map(|path| tokio::spawn(reload_on_sighup(path, auth.clone())));
-    let handler = Handler(node.clone(), auth);
+    let handler = Handler(node.clone(), auth, Caller::Unverified);
     let (stop_peer, peer_stopped) = tokio::sync::oneshot::channel::<()>();
     let peer_handler = handler.clone();
     let peers = tokio::spawn(net::serve(
         peer_listener,
+        tls.as_ref().map(|t| t.peer_server()),
         async move {
             let _ = peer_stopped.await;
         },
-        move |transport| {
+        move |transport, caller| {
+            let h = Handler(peer_handler.0.clone(), peer_handler.1.clone(), caller);
             let service = PeerPortServe {
-                admin: <Handler as Admin>::serve(peer_handler.clone()),
-                peer: <Handler as Peer>::serve(peer_handler.clone()),
+                admin: <Handler as Admin>::serve(h.clone()),
+                peer: <Handler as Peer>::serve(h),
             };
             quintet_common::execute!(transport, service)
         },
     ));
-    net::serve(listener, shutdown, move |transport| {
+    let client_tls = tls.as_ref().map(|t| t.client_server());
+    net::serve(listener, client_tls, shutdown, move |transport, _caller| {
+        // A client certificate, if presented, was checked against the CA;
+        // what a client may do is up to its token.
         let service = ClientPortServe {
             admin: <Handler as Admin>::serve(handler.clone()),
             kv: <Handler as Kv>::serve(handler.clone()),

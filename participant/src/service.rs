@@ -16,6 +16,7 @@ use quintet_common::rpc::{
     Health, Kv, LogChunk, LogRequest, ParticipantStatus, Peer, PrepareRequest, ProbeReply,
     ProbeRequest, RevokeRequest, SnapshotChunk, Token, Vote, WriteReply, coord_conn,
 };
+use quintet_common::tls::Caller;
 use quintet_common::types::{Op, ReadLevel};
 use tarpc::context::Context;
 use tracing::{Instrument, info_span};
@@ -30,9 +31,10 @@ const FORWARD_MARGIN: Duration = Duration::from_millis(150);
 /// every client is let in. Replaced whole on SIGHUP.
 pub type Auth = Arc<std::sync::RwLock<Option<Arc<Tokens>>>>;
 
-/// The handler tarpc clones per request.
+/// The handler tarpc clones per request: the node, the client tokens, and
+/// who this connection's caller is (its TLS certificate).
 #[derive(Clone)]
-pub struct Handler(pub Arc<Node>, pub Auth);
+pub struct Handler(pub Arc<Node>, pub Auth, pub Caller);
 
 impl Handler {
     fn check(&self, token: &Token, need: Role) -> Result<(), Error> {
@@ -104,6 +106,7 @@ impl Peer for Handler {
     async fn prepare(self, _: Context, req: PrepareRequest) -> Result<Vote, Error> {
         let span = info_span!("prepare", node = self.0.id(), batch = %req.batch.id, version = req.batch.first_version);
         async move {
+            self.2.require_coordinator()?;
             let vote = self.0.prepare(req).await?;
             match &vote {
                 Ok(Vote::No(reason)) => tracing::warn!(%reason, "voted no"),
@@ -117,34 +120,41 @@ impl Peer for Handler {
     }
 
     async fn commit(self, _: Context, req: DecisionRequest) -> Result<(), Error> {
+        self.2.require_coordinator()?;
         self.0
             .step(|sm| sm.commit(req.cluster, req.to, req.batch))
             .await?
     }
 
     async fn abort(self, _: Context, req: DecisionRequest) -> Result<(), Error> {
+        self.2.require_coordinator()?;
         self.0
             .step(|sm| sm.abort(req.cluster, req.to, req.batch))
             .await?
     }
 
     async fn probe(self, _: Context, req: ProbeRequest) -> Result<ProbeReply, Error> {
+        self.2.require_coordinator()?;
         self.0.probe(req).await
     }
 
     async fn revoke(self, _: Context, req: RevokeRequest) -> Result<(), Error> {
+        self.2.require_coordinator()?;
         self.0.revoke(req)
     }
 
     async fn catchup_begin(self, _: Context, req: CatchupRequest) -> Result<CatchupPlan, Error> {
+        self.2.require_participant(req.from)?;
         self.0.transfers.begin(&self.0, req).await
     }
 
     async fn catchup_chunk(self, _: Context, req: ChunkRequest) -> Result<SnapshotChunk, Error> {
+        self.2.require_a_participant()?;
         self.0.transfers.chunk(&self.0, req)
     }
 
     async fn catchup_log(self, _: Context, req: LogRequest) -> Result<LogChunk, Error> {
+        self.2.require_a_participant()?;
         self.0.transfers.log(&self.0, req)
     }
 }

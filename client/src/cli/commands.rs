@@ -7,6 +7,7 @@
 //! the shell keep going after an error with the same code paths.
 
 use std::io::{IsTerminal, Read};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -78,6 +79,8 @@ pub struct Ctx {
     pub output: Output,
     /// The client token, if any.
     pub token: Option<String>,
+    /// TLS settings (--cacert, --cert, --key), or why they cannot be used.
+    pub tls: Result<Option<Arc<rustls::ClientConfig>>, String>,
 }
 
 impl Ctx {
@@ -94,13 +97,24 @@ impl Ctx {
             timeout: g.timeout,
             output: g.output,
             token: g.token.clone(),
+            tls: quintet_common::tls::client_config(
+                g.cacert.as_deref(),
+                g.tls_cert.as_deref(),
+                g.tls_key.as_deref(),
+            ),
         }
+    }
+
+    /// The TLS settings; a bad file is a usage error.
+    pub fn tls(&self) -> Result<Option<Arc<rustls::ClientConfig>>, Failure> {
+        self.tls.clone().map_err(Failure::usage)
     }
 
     /// A client for the endpoints.
     pub fn client(&self) -> Result<Client, Failure> {
         Client::new(&self.endpoints, self.timeout)
             .map(|c| c.with_token(self.token.clone()))
+            .and_then(|c| c.with_tls(self.tls.clone()?))
             .map_err(Failure::usage)
     }
 
@@ -345,7 +359,8 @@ pub async fn status(ctx: &Ctx, _a: &StatusArgs) -> Result<Reply, Failure> {
 
 /// `health --addr ADDR`.
 pub async fn health(ctx: &Ctx, a: &HealthArgs) -> Result<Reply, Failure> {
-    match quintet_client::client::health(&a.addr, ctx.timeout).await {
+    let tls = ctx.tls()?;
+    match quintet_client::client::health_with(&a.addr, ctx.timeout, tls.as_ref()).await {
         Ok(health) => Ok(Reply::Health {
             addr: a.addr.clone(),
             health,
@@ -362,6 +377,8 @@ pub async fn health(ctx: &Ctx, a: &HealthArgs) -> Result<Reply, Failure> {
         Err(ClientError::Server { error, .. }) => {
             Err(Failure::failed(format!("{}: {error}", a.addr)))
         }
-        Err(e @ ClientError::Refused { .. }) => Err(Failure::failed(format!("{}: {e}", a.addr))),
+        Err(e @ (ClientError::Refused { .. } | ClientError::Tls { .. })) => {
+            Err(Failure::failed(e.to_string()))
+        }
     }
 }

@@ -45,6 +45,11 @@ pub struct LocalArgs {
     /// file); clients then need --token.
     #[arg(long, env = "QUINTET_AUTH_FILE", value_name = "FILE")]
     pub auth_file: Option<PathBuf>,
+    /// TLS on every port, mutual TLS between the servers: certificates
+    /// from `quintet certs init` in DIR/certs (made there if missing);
+    /// clients then need --cacert (the banner prints the lines to export).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// How long a child that exited stays down before it is started again.
@@ -86,6 +91,7 @@ pub async fn run(_ctx: &Ctx, a: LocalArgs) -> Result<i32, Failure> {
         participants: a.participants,
         coordinators: a.coordinators,
         participant_args,
+        tls: a.tls,
         ..LocalOptions::default()
     };
     let coordinators = if a.coordinators == 1 {
@@ -216,5 +222,11 @@ fn print_banner(cluster: &LocalCluster, temporary: bool) {
     println!("data dir: {dir}{note}");
     println!("log dir:  {}", cluster.dir().join("logs").display());
     println!("export QUINTET_ENDPOINTS={}", cluster.endpoints().join(","));
+    if let Some(certs) = cluster.certs_dir() {
+        println!("TLS on every port; certificates in {}:", certs.display());
+        println!("export QUINTET_CACERT={}", certs.join("ca.crt").display());
+        println!("export QUINTET_CERT={}", certs.join("client.crt").display());
+        println!("export QUINTET_KEY={}", certs.join("client.key").display());
+    }
     println!("press Ctrl-C to stop every process; a process that exits is started again after 1s");
 }

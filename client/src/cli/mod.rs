@@ -9,6 +9,7 @@
 //! script runners print them, so exit codes are decided in one place.
 
 pub mod auth;
+pub mod certs;
 pub mod commands;
 pub mod demo;
 pub mod failover;
@@ -71,6 +72,22 @@ pub struct Global {
     /// shows in `ps`).
     #[arg(long, global = true, env = "QUINTET_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The cluster's CA certificate (PEM; DIR/ca.crt of `quintet certs
+    /// init`): the client speaks TLS and trusts the servers it signed.
+    #[arg(long, global = true, env = "QUINTET_CACERT", value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// A client certificate (PEM; DIR/client.crt) for servers that ask for
+    /// one, with --key.
+    #[arg(
+        long = "cert",
+        global = true,
+        env = "QUINTET_CERT",
+        value_name = "FILE"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --cert (PEM; DIR/client.key).
+    #[arg(long = "key", global = true, env = "QUINTET_KEY", value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// Arguments of `demo`.
@@ -110,6 +127,10 @@ pub enum Command {
     /// Manage an auth file of client tokens: `auth add`, `auth list`.
     #[command(subcommand)]
     Auth(auth::AuthCommand),
+    /// Make TLS certificates: `certs init` (a cluster CA and one
+    /// certificate per node).
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
 }
 
 impl Command {
@@ -125,6 +146,7 @@ impl Command {
                 | Command::Health(_)
                 | Command::Run(_)
                 | Command::Auth(_)
+                | Command::Certs(_)
         )
     }
 }
@@ -148,6 +170,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Run(args) => script::run_file(&rt, &ctx, &args),
         Command::Local(args) => rt.block_on(local::run(&ctx, args)),
         Command::Auth(a) => auth::run(a),
+        Command::Certs(c) => certs::run(c),
         Command::Demo(a) if a.failover => rt.block_on(failover::run(&ctx)),
         Command::Demo(_) => rt.block_on(demo::run(&ctx)),
         Command::Bench(args) => {

@@ -188,8 +188,8 @@ impl StatusReport {
             status: Err("no replica answered, so the coordinator could not be asked".into()),
         };
         for row in participants.iter().filter(|r| r.status.is_ok()) {
-            let one = match Client::new(std::slice::from_ref(&row.address), client.timeout()) {
-                Ok(c) => c.with_token(client.token().map(String::from)),
+            let one = match client.like(std::slice::from_ref(&row.address)) {
+                Ok(c) => c,
                 Err(e) => {
                     coordinator.status = Err(e);
                     continue;
