@@ -7,6 +7,7 @@ pub mod bench;
 pub mod certs;
 pub mod client;
 pub mod local;
+pub mod script;
 pub mod workload;
 
 pub use client::{Client, ClientError};

@@ -18,45 +18,8 @@ use quintet_common::types::{Op, OpResult, ReadLevel, Version};
 use super::output::{Output, StatusReport};
 use super::{DEFAULT_ENDPOINTS, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, Global};
 
-/// Arguments of `get`.
-#[derive(Args, Debug, Clone)]
-pub struct GetArgs {
-    /// The key.
-    pub key: String,
-    /// Answer from the replica's committed state at once (never blocks, may be stale).
-    #[arg(long)]
-    pub serializable: bool,
-    /// Read at replica N (1-based position in --endpoints) only, no failover.
-    #[arg(long, value_name = "N")]
-    pub at: Option<usize>,
-}
-
-/// Arguments of `put`.
-#[derive(Args, Debug, Clone)]
-pub struct PutArgs {
-    /// The key.
-    pub key: String,
-    /// The value; when omitted it is read from stdin, byte for byte (a
-    /// trailing newline is kept: use `printf` or `echo -n`).
-    pub value: Option<String>,
-    /// Send the write through replica N (1-based position in --endpoints), no failover.
-    #[arg(long, value_name = "N")]
-    pub at: Option<usize>,
-}
-
-/// Arguments of `delete`.
-#[derive(Args, Debug, Clone)]
-pub struct DeleteArgs {
-    /// The key.
-    pub key: String,
-    /// Send the delete through replica N (1-based position in --endpoints), no failover.
-    #[arg(long, value_name = "N")]
-    pub at: Option<usize>,
-}
-
-/// Arguments of `status`.
-#[derive(Args, Debug, Clone, Default)]
-pub struct StatusArgs {}
+/// The per-key commands' arguments; the shell and `run` parse them too.
+pub use quintet_client::script::{DeleteArgs, GetArgs, PutArgs, StatusArgs};
 
 /// Arguments of `health`.
 #[derive(Args, Debug, Clone)]
