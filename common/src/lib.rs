@@ -6,6 +6,7 @@
 //! tests can drive them message by message.
 
 pub mod error;
+pub mod frame;
 pub mod rpc;
 pub mod storage;
 pub mod store;

@@ -50,7 +50,7 @@ pub const MAX_FRAME: usize = 16 << 20;
 /// Most concurrent connections a server accepts.
 pub const MAX_CONNECTIONS: usize = 512;
 
-fn codec() -> LengthDelimitedCodec {
+pub(crate) fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .max_frame_length(MAX_FRAME)
         .new_codec()

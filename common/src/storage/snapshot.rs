@@ -145,8 +145,9 @@ pub fn load_latest(dir: &Path) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
     Ok(Some((seq, payload.to_vec())))
 }
 
-/// Validates a snapshot file's bytes and returns its payload.
-fn decode<'a>(path: &Path, data: &'a [u8]) -> Result<&'a [u8], StorageError> {
+/// Validates a snapshot file's bytes (`path` names it in errors) and
+/// returns its payload, as [`load_latest`] does.
+pub fn decode<'a>(path: &Path, data: &'a [u8]) -> Result<&'a [u8], StorageError> {
     let corrupt = |reason| StorageError::CorruptSnapshot {
         path: path.to_path_buf(),
         reason,

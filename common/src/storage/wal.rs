@@ -262,6 +262,27 @@ fn scan_segment(
     Ok(None)
 }
 
+/// Checks one segment's bytes as [`Wal::open`] does, touching nothing on
+/// disk: the payloads of its good records and, only when `is_last`, the
+/// offset of a torn tail that opening would cut off. Any other damage is
+/// the error opening would refuse with. For tests and the fuzz targets.
+pub fn read_segment(
+    path: &Path,
+    data: &[u8],
+    max_record: usize,
+    is_last: bool,
+) -> Result<(Vec<Vec<u8>>, Option<u64>), StorageError> {
+    let mut out = Vec::new();
+    let torn = scan_segment(
+        path,
+        data,
+        max_record.min(u32::MAX as usize),
+        is_last,
+        &mut out,
+    )?;
+    Ok((out, torn.map(|t| t.offset)))
+}
+
 /// Cuts a torn tail off the last segment (rewriting the magic if the header
 /// itself was torn) and makes the cut durable.
 fn cut_torn_tail(path: &Path, torn: &Torn) -> Result<(), StorageError> {
