@@ -461,14 +461,14 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FrameTimeout<S>
 
 /// The server side of one connection: decoded requests in, responses out.
 /// Decode failures and a stalled start are logged (with the peer) and end
-/// the connection.
+/// the connection. Deadlines are cut to [`crate::frame::MAX_DEADLINE`].
 pub type ServerTransport<Req, Resp> = futures::stream::InspectErr<
     FirstFrameDeadline<
         serde_transport::Transport<
             FrameTimeout<Conn>,
             ClientMessage<Req>,
             Response<Resp>,
-            Bincode<ClientMessage<Req>, Response<Resp>>,
+            crate::frame::ServerFormat<Req, Resp>,
         >,
     >,
     Box<dyn Fn(&io::Error) + Send + Sync>,
@@ -708,7 +708,7 @@ pub async fn serve<Req, Resp, F, Fut>(
                 move |e| warn!(%peer, error = ?e, "dropping connection: unreadable or stalled request"),
             );
             let transport = FirstFrameDeadline::new(
-                serde_transport::new(framed, Bincode::default()),
+                serde_transport::new(framed, crate::frame::ServerFormat::default()),
                 FIRST_REQUEST_TIMEOUT,
             )
             .inspect_err(log);
