@@ -257,12 +257,22 @@ impl Participant {
     }
 
     fn check_next(&self, batch: &Batch, what: &str) -> Result<(), String> {
-        if batch.first_version != self.store.applied() + 1 {
+        // Checked sums: a damaged data dir may claim any version, even one
+        // that leaves no room for the versions after it.
+        if self.store.applied().checked_add(1) != Some(batch.first_version) {
             return Err(format!(
                 "log holds batch {} {what} at version {} but the replica applied up to {}",
                 batch.id,
                 batch.first_version,
                 self.store.applied()
+            ));
+        }
+        let ops = batch.ops.len() as u64;
+        let last = batch.first_version.checked_add(ops.saturating_sub(1));
+        if last.is_none() {
+            return Err(format!(
+                "log holds batch {} {what} with {ops} versions from {}, past the last version",
+                batch.id, batch.first_version
             ));
         }
         Ok(())
@@ -992,5 +1002,42 @@ mod tests {
                 prop_assert_eq!(restored.pending(), replayed.pending());
             }
         }
+    }
+
+    /// Found by the `snapshot` fuzz target (`fuzz/corpus/snapshot/regress-
+    /// version-overflow`): a snapshot that claims version u64::MAX, or a
+    /// batch whose versions run past it, made restoring panic (`applied +
+    /// 1` overflowed) instead of refusing the damaged data dir.
+    #[test]
+    fn restore_refuses_versions_past_the_last_one() {
+        let snapshot = |applied| Snapshot {
+            store: Store::from_parts(Default::default(), applied, 0),
+            last_committed: None,
+            highest_seen: None,
+            view: None,
+        };
+        let batch = |first_version, ops: Vec<Op>| Batch {
+            id: BatchId { epoch: 1, seq: 1 },
+            first_version,
+            ops,
+        };
+        let restore = |applied, record| {
+            Participant::restore(1, 1, Limits::default(), Some(snapshot(applied)), [record])
+        };
+        let next = |b: Batch| [Record::Prepared(b.clone()), Record::Learned(b)];
+        for record in next(batch(0, vec![op(1, Some(1))])) {
+            let e = restore(u64::MAX, record).unwrap_err();
+            assert!(e.contains("applied up to 18446744073709551615"), "{e}");
+        }
+        for record in next(batch(u64::MAX, vec![op(1, Some(1)), op(2, None)])) {
+            let e = restore(u64::MAX - 1, record).unwrap_err();
+            assert!(e.contains("past the last version"), "{e}");
+        }
+        // The very last version is still a version.
+        let last = restore(
+            u64::MAX - 1,
+            Record::Learned(batch(u64::MAX, vec![op(1, Some(1))])),
+        );
+        assert_eq!(last.unwrap().store().applied(), u64::MAX);
     }
 }
