@@ -190,8 +190,8 @@ pub struct Driver {
     cluster_tag: Arc<AtomicU64>,
     /// When Raft messages of another cluster were last reported.
     last_foreign: Option<Instant>,
-    /// The last free-space check: when, and the refusal it gave.
-    space: Option<(Instant, Option<String>)>,
+    /// The free space kept on the data dir's file system.
+    space: quintet_common::storage::space::Reserve,
 }
 
 pub(crate) fn encode(record: &RaftRecord) -> Vec<u8> {
@@ -213,6 +213,7 @@ impl Driver {
         s: Settings,
     ) -> Self {
         let (applied, _) = watch::channel((0, replica.applied()));
+        let space = quintet_common::storage::space::Reserve::new(&s.dir, s.min_free_bytes);
         let mut driver = Driver {
             cluster: replica.state().cluster.or(s.identity_cluster),
             s,
@@ -228,7 +229,7 @@ impl Driver {
             bootstrap_peers: BTreeMap::new(),
             cluster_tag: Arc::new(AtomicU64::new(0)),
             last_foreign: None,
-            space: None,
+            space,
         };
         driver.sync_peers();
         driver
@@ -660,22 +661,20 @@ impl Driver {
         self.execute(actions);
     }
 
-    /// Why writes must be refused for lack of disk space, checked at most
-    /// every 100 ms; says so when it starts and when it ends.
-    fn disk_short(&mut self) -> Option<String> {
-        if let Some((at, why)) = &self.space
-            && at.elapsed() < Duration::from_millis(100)
-        {
-            return why.clone();
-        }
-        let why = quintet_common::storage::space::shortage(&self.s.dir, self.s.min_free_bytes);
-        let was = self.space.as_ref().is_some_and(|(_, w)| w.is_some());
-        match (&why, was) {
-            (Some(w), false) => warn!(why = %w, "refusing new writes until disk space is freed"),
-            (None, true) => info!("disk space is back above the reserve; taking writes again"),
+    /// Why writes must be refused for lack of disk space (checked at most
+    /// every `space::RECHECK`); says so when it starts and when it ends.
+    fn disk_short(&self) -> Option<String> {
+        use quintet_common::storage::space::Change;
+        let (why, change) = self.space.check();
+        match (&why, change) {
+            (Some(w), Some(Change::Short)) => {
+                warn!(why = %w, "refusing new writes until disk space is freed")
+            }
+            (_, Some(Change::Recovered)) => {
+                info!("disk space is back above the reserve; taking writes again")
+            }
             _ => {}
         }
-        self.space = Some((Instant::now(), why.clone()));
         why
     }
 

@@ -61,11 +61,10 @@ pub struct Node {
     advertise: String,
     pub(crate) data_dir: PathBuf,
     snapshot_bytes: u64,
-    min_free_bytes: u64,
+    /// The free space kept on the data dir's file system.
+    reserve: quintet_common::storage::space::Reserve,
     /// TLS towards other participants (catch-up), if on.
     pub(crate) tls: Option<Arc<quintet_common::tls::NodeTls>>,
-    /// Whether the last prepare found the disk below its reserve.
-    disk_full: AtomicBool,
     pub(crate) snapshotting: Arc<AtomicBool>,
     registered: AtomicBool,
     pub(crate) catchup: Mutex<CatchupTask>,
@@ -118,6 +117,10 @@ impl Node {
         log: LogWriter,
         coordinator: CoordinatorLink,
     ) -> Arc<Node> {
+        let reserve = quintet_common::storage::space::Reserve::new(
+            &settings.data_dir,
+            settings.min_free_bytes,
+        );
         Arc::new(Node {
             id: settings.id,
             inner: Mutex::new(Inner { sm, log }),
@@ -129,9 +132,8 @@ impl Node {
             advertise: settings.advertise,
             data_dir: settings.data_dir,
             snapshot_bytes: settings.snapshot_bytes,
-            min_free_bytes: settings.min_free_bytes,
+            reserve,
             tls: settings.tls,
-            disk_full: AtomicBool::new(false),
             snapshotting: Arc::new(AtomicBool::new(false)),
             registered: AtomicBool::new(false),
             catchup: Mutex::new(CatchupTask::default()),
@@ -382,13 +384,13 @@ impl Node {
     /// written, reads go on, and the next prepare after space is freed is
     /// voted on as usual. Says so once when it starts and once when it ends.
     fn refuse_when_disk_full(&self) -> Option<quintet_common::rpc::Vote> {
-        let short = quintet_common::storage::space::shortage(&self.data_dir, self.min_free_bytes);
-        let was = self.disk_full.swap(short.is_some(), Ordering::AcqRel);
-        match (&short, was) {
-            (Some(why), false) => {
+        use quintet_common::storage::space::Change;
+        let (short, change) = self.reserve.check();
+        match (&short, change) {
+            (Some(why), Some(Change::Short)) => {
                 warn!(node = self.id, %why, "voting no on every write until disk space is freed")
             }
-            (None, true) => info!(
+            (_, Some(Change::Recovered)) => info!(
                 node = self.id,
                 "disk space is back above the reserve; voting on writes again"
             ),

@@ -95,6 +95,18 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_when_freed() {
     // Below the 32 MiB reserve on participant 3's file system.
     let ballast = fill(&small.0, 32 << 20);
     eprintln!("{:?}: disk filled", t0.elapsed());
+    // The check is cached for 100 ms: wait, bounded, for the first refusal
+    // (a write that still got in is acknowledged, so it must survive).
+    let mut n = 0;
+    wait_for("participant 3 to vote no", Duration::from_secs(5), || {
+        n += 1;
+        let key = format!("early{n}");
+        let c = &c;
+        async move { c.put(key.as_bytes(), b"e").await.err().map(|_| ()) }
+    })
+    .await;
+    // Every earlier probe was acknowledged.
+    acked.extend((1..n).map(|i| (format!("early{i}"), b"e".to_vec())));
     let e = c.put(b"full", b"x").await.expect_err("3 votes no");
     let text = e.to_string();
     assert!(
