@@ -41,7 +41,9 @@ for b in "${bins[@]}"; do
     f=$bin_dir/$b
     [[ -x $f ]] || die "$f is missing; run without QUINTET_SKIP_CARGO=1"
     # FROM scratch has no loader and no libc: refuse anything dynamic.
-    if readelf -lW "$f" | grep -q 'INTERP' || readelf -dW "$f" | grep -q '(NEEDED)'; then
+    # (grep reads to the end, not -q: under pipefail an early exit would
+    # kill readelf with SIGPIPE and read as "not found".)
+    if readelf -lW "$f" | grep 'INTERP' >/dev/null || readelf -dW "$f" | grep '(NEEDED)' >/dev/null; then
         die "$f is dynamically linked; build it with RUSTFLAGS='-C target-feature=+crt-static' and --target $triple"
     fi
     # Keep symbols (names in panics) but drop the line tables: about a third of the size.

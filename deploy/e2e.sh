@@ -393,7 +393,10 @@ t $((up_timeout + 30)) "${compose_all[@]}" up -d --no-deps --wait --wait-timeout
     || fail "$standby did not come back healthy"
 wait_for "$ha_rejoin" "the wiped $standby rejoining" rejoined "$standby" "$index"
 say "  $standby rejoined $(($(now_ms) - start)) ms after its empty container was started"
-t 30 docker logs "$(container "$standby")" 2>&1 | grep -q 'restored snapshot' \
+# Captured first: `docker logs | grep -q` under pipefail fails when grep
+# stops reading at the match and docker logs dies of SIGPIPE.
+standby_log=$(t 30 docker logs "$(container "$standby")" 2>&1) || fail "docker logs $standby failed"
+grep -q 'restored snapshot' <<<"$standby_log" \
     || fail "$standby rejoined but its log shows no snapshot restored"
 wait_writer 40
 measure_gap "$work/wipe" "$mark"

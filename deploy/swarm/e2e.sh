@@ -216,7 +216,7 @@ esac
 ok
 
 step="no stack $stack already"
-if t 30 docker stack ls --format '{{.Name}}' | grep -qx "$stack"; then
+if t 30 docker stack ls --format '{{.Name}}' | grep -x "$stack" >/dev/null; then
     fail "stack $stack exists; this test would destroy it. Remove it first: docker stack rm $stack"
 fi
 left=$(leftovers | sort -u)
