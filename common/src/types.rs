@@ -164,9 +164,21 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Version of the last operation.
+    /// Version of the last operation, for a batch already checked with
+    /// [`Batch::checked_last_version`] (or built by this process): it
+    /// overflows on a batch that leaves no room for its versions.
     pub fn last_version(&self) -> Version {
         self.first_version + self.ops.len() as u64 - 1
+    }
+
+    /// Version of the last operation (`first_version - 1` when empty), or
+    /// `None` when the versions do not fit in a [`Version`]: how a batch
+    /// from the network or a disk is checked before any sum on it.
+    pub fn checked_last_version(&self) -> Option<Version> {
+        match self.ops.len() as u64 {
+            0 => self.first_version.checked_sub(1),
+            n => self.first_version.checked_add(n - 1),
+        }
     }
 
     /// Whether any operation writes `key`.

@@ -256,23 +256,30 @@ impl Participant {
         Ok(p)
     }
 
+    /// Whether `batch` (from the log: `what` is "prepared" or "learned")
+    /// follows the applied version, with checked sums: a damaged data dir
+    /// may claim any version, even one that leaves no room for its own.
     fn check_next(&self, batch: &Batch, what: &str) -> Result<(), String> {
-        // Checked sums: a damaged data dir may claim any version, even one
-        // that leaves no room for the versions after it.
+        self.follows(batch)
+            .map_err(|e| format!("log holds batch {} {what}: {e}", batch.id))
+    }
+
+    /// Whether `batch` starts right after the applied version and its
+    /// versions fit: the check every batch from a log or a peer passes
+    /// before this replica adds to its versions.
+    fn follows(&self, batch: &Batch) -> Result<(), String> {
         if self.store.applied().checked_add(1) != Some(batch.first_version) {
             return Err(format!(
-                "log holds batch {} {what} at version {} but the replica applied up to {}",
-                batch.id,
+                "it starts at version {} but this replica applied up to {}",
                 batch.first_version,
                 self.store.applied()
             ));
         }
-        let ops = batch.ops.len() as u64;
-        let last = batch.first_version.checked_add(ops.saturating_sub(1));
-        if last.is_none() {
+        if batch.checked_last_version().is_none() {
             return Err(format!(
-                "log holds batch {} {what} with {ops} versions from {}, past the last version",
-                batch.id, batch.first_version
+                "its {} versions from {} run past the last version",
+                batch.ops.len(),
+                batch.first_version
             ));
         }
         Ok(())
@@ -366,14 +373,17 @@ impl Participant {
         {
             return None;
         }
+        // Checked sums: `req` comes from the network, and a batch whose
+        // versions do not fit is refused by `prepare`, not fetched for.
         let first = req.batch.first_version;
         let target = match &req.prev {
             Some(prev)
-                if prev.last_version() + 1 == first && Some(prev.id) == req.last_committed =>
+                if prev.checked_last_version().and_then(|l| l.checked_add(1)) == Some(first)
+                    && Some(prev.id) == req.last_committed =>
             {
-                prev.first_version - 1
+                prev.first_version.checked_sub(1)?
             }
-            _ => first - 1,
+            _ => first.checked_sub(1)?,
         };
         (self.store.applied() < target).then_some(target)
     }
@@ -384,6 +394,19 @@ impl Participant {
             return Step::reply(Err(e));
         }
         let batch = &req.batch;
+        // Every sum below on the versions of `batch` and `req.prev` is safe
+        // once both are known to fit.
+        if let Some(b) = std::iter::once(batch)
+            .chain(&req.prev)
+            .find(|b| b.checked_last_version().is_none())
+        {
+            return Step::reply(Ok(Vote::No(format!(
+                "batch {} is malformed: its {} versions from {} run past the last version",
+                b.id,
+                b.ops.len(),
+                b.first_version
+            ))));
+        }
         if req.view.epoch != batch.id.epoch {
             return Step::reply(Ok(Vote::No(format!(
                 "batch {} does not belong to the view it names ({})",
@@ -469,8 +492,9 @@ impl Participant {
         if !member
             && let Some(prev) = &req.prev
             && Some(prev.id) == req.last_committed
-            && prev.first_version == self.store.applied() + 1
-            && prev.last_version() + 1 == batch.first_version
+            && !prev.ops.is_empty()
+            && self.follows(prev).is_ok()
+            && prev.last_version().checked_add(1) == Some(batch.first_version)
         {
             step.persist.push(Record::Learned(prev.clone()));
             self.highest_seen = self.highest_seen.max(Some(prev.id));
@@ -478,7 +502,13 @@ impl Participant {
             step.decided = true;
         }
         self.highest_seen = Some(batch.id);
-        let next = self.store.applied() + 1;
+        let Some(next) = self.store.applied().checked_add(1) else {
+            step.reply = Ok(Vote::No(format!(
+                "replica {} applied the last version there is; batch {} cannot follow",
+                self.id, batch.id
+            )));
+            return step;
+        };
         if batch.first_version != next {
             self.known_committed = self
                 .known_committed
@@ -778,14 +808,8 @@ impl Participant {
             return Err("a batch is still undecided; catch-up must drop it first".into());
         }
         let b = &lb.batch;
-        if b.first_version != self.store.applied() + 1 {
-            return Err(format!(
-                "batch {} starts at version {} but this replica applied up to {}",
-                b.id,
-                b.first_version,
-                self.store.applied()
-            ));
-        }
+        self.follows(b)
+            .map_err(|e| format!("batch {} from the source: {e}", b.id))?;
         let digest = self.store.digest_after(b);
         if digest != lb.digest {
             return Err(format!(
@@ -1000,6 +1024,75 @@ mod tests {
                 prop_assert_eq!(restored.store(), replayed.store());
                 prop_assert_eq!(restored.store().digest(), replayed.store().digest());
                 prop_assert_eq!(restored.pending(), replayed.pending());
+            }
+        }
+    }
+
+    /// A version near either end of the range, or near `applied`.
+    fn version_near(applied: Version) -> impl Strategy<Value = Version> {
+        prop_oneof![
+            0u64..3,
+            (u64::MAX - 3)..=u64::MAX,
+            (0u64..5).prop_map(move |d| applied.saturating_sub(2).saturating_add(d)),
+        ]
+    }
+
+    proptest! {
+        /// The peer port is a trust boundary: a prepare, a learner's gap
+        /// question or a learned batch with any versions at all (0, the
+        /// last one, more ops than fit, an empty batch) is answered (or
+        /// refused) and never overflows a version, and whatever is voted
+        /// YES or learned follows the applied version and fits.
+        #[test]
+        fn versions_from_a_peer_never_overflow(
+            (applied, first, prev_first) in prop_oneof![Just(0u64), Just(5), Just(u64::MAX - 1), Just(u64::MAX)]
+                .prop_flat_map(|a| (Just(a), version_near(a), version_near(a))),
+            ops in 0usize..4,
+            prev_ops in prop::option::of(0usize..4),
+            member in any::<bool>(),
+            prev_committed in any::<bool>(),
+        ) {
+            let snap = Snapshot {
+                store: Store::from_parts(Default::default(), applied, 0),
+                last_committed: None,
+                highest_seen: None,
+                view: None,
+            };
+            let mut p = Participant::restore(1, 1, Limits::default(), Some(snap), []).unwrap();
+            p.registered(CLUSTER, applied);
+            let batch = |seq, first_version, n: usize| Batch {
+                id: BatchId { epoch: 1, seq },
+                first_version,
+                ops: (0..n).map(|i| op(i as u8, Some(1))).collect(),
+            };
+            let prev = prev_ops.map(|n| batch(1, prev_first, n));
+            let req = PrepareRequest {
+                cluster: CLUSTER,
+                to: 1,
+                batch: batch(2, first, ops),
+                last_committed: prev_committed.then_some(BatchId { epoch: 1, seq: 1 }),
+                view: if member { view(1) } else { View { epoch: 1, members: vec![] } },
+                prev,
+            };
+            if let Some(target) = p.learner_gap(&req) {
+                prop_assert!(target > applied && target < first);
+            }
+            let step = p.prepare(&req);
+            if let Ok(Vote::Yes { .. }) = step.reply {
+                let start = p.store().applied().checked_add(1);
+                prop_assert_eq!(start, Some(first));
+                prop_assert!(req.batch.checked_last_version().is_some());
+            }
+            let mut fresh = Participant::restore(1, 1, Limits::default(), Some(Snapshot {
+                store: Store::from_parts(Default::default(), applied, 0),
+                last_committed: None,
+                highest_seen: None,
+                view: None,
+            }), []).unwrap();
+            let lb = LearnedBatch { digest: 0, batch: batch(3, first, ops) };
+            let fits = applied.checked_add(1) == Some(first) && lb.batch.checked_last_version().is_some();
+            if !fits {
+                prop_assert!(fresh.learn(lb).is_err());
             }
         }
     }
