@@ -428,6 +428,14 @@ impl Participant {
         if let Some(p) = &self.pending
             && p.batch.id == batch.id
         {
+            // A retried prepare carries the same batch; one id with other
+            // writes is a sender's bug, never to be voted for as held.
+            if p.batch != *batch {
+                return Step::reply(Ok(Vote::No(format!(
+                    "batch {} is already prepared here with other writes",
+                    batch.id
+                ))));
+            }
             return Step::reply(Ok(Vote::Yes {
                 results: p.results.clone(),
                 digest: p.digest,
@@ -1026,6 +1034,41 @@ mod tests {
                 prop_assert_eq!(restored.pending(), replayed.pending());
             }
         }
+    }
+
+    /// Found by the `peer` fuzz target: a prepare retried with the same id
+    /// but other writes was voted YES as the batch held, so a YES could
+    /// stand for writes this replica never prepared.
+    #[test]
+    fn a_retried_prepare_must_carry_the_same_batch() {
+        let mut p = Participant::new(1, 1, Limits::default());
+        p.registered(CLUSTER, 0);
+        let req = |ops| PrepareRequest {
+            cluster: CLUSTER,
+            to: 1,
+            batch: Batch {
+                id: BatchId { epoch: 1, seq: 1 },
+                first_version: 1,
+                ops,
+            },
+            last_committed: None,
+            view: view(1),
+            prev: None,
+        };
+        let first = req(vec![op(1, Some(1))]);
+        assert!(matches!(p.prepare(&first).reply, Ok(Vote::Yes { .. })));
+        assert!(
+            matches!(p.prepare(&first).reply, Ok(Vote::Yes { .. })),
+            "a plain retry"
+        );
+        let other = p.prepare(&req(vec![op(1, Some(2))]));
+        assert!(
+            matches!(&other.reply, Ok(Vote::No(why)) if why.contains("other writes")),
+            "{:?}",
+            other.reply
+        );
+        assert!(other.persist.is_empty());
+        assert_eq!(p.pending().unwrap().batch, first.batch);
     }
 
     /// A version near either end of the range, or near `applied`.
