@@ -17,7 +17,7 @@ use quintet_common::protocol::view::{Member, View};
 use quintet_common::rpc::{
     AdminOnlyRequest, AdminRequest, CatchupRequest, CatchupState, ChunkRequest, CoordPeerRequest,
     CoordRequest, CoordinatorRequest, DecisionRequest, KvRequest, ParticipantRequest, PeerRequest,
-    PrepareRequest, RegisterRequest, RenewRequest,
+    PrepareRequest, ProbeRequest, RegisterRequest, RenewRequest, RevokeRequest,
 };
 use quintet_common::storage::Wal;
 use quintet_common::storage::snapshot;
@@ -35,6 +35,7 @@ fn main() {
     wal_open(&root.join("wal_open"), &segments);
     snapshots(&root.join("snapshot"));
     script(&root.join("script"));
+    peer(&root.join("peer"));
     println!("seeds written under {}", root.display());
 }
 
@@ -481,4 +482,102 @@ fn script(dir: &Path) {
     for (name, text) in seeds {
         put(dir, name, text.as_bytes());
     }
+}
+
+/// Sequences of peer calls to one replica (replica 2 of `view()`, or 4, a
+/// learner): rounds committed and aborted, a pending batch settled by the
+/// next prepare, a learner taking the batch it missed from `prev`, and the
+/// overflowing versions the target once found.
+fn peer(dir: &Path) {
+    let cluster = ClusterId(0xfeed);
+    let id = |seq| BatchId { epoch: 3, seq };
+    let prepare = |to, b: Batch, last_committed: Option<u64>, prev: Option<Batch>| {
+        ParticipantRequest::Peer(PeerRequest::Prepare {
+            req: PrepareRequest {
+                cluster,
+                to,
+                batch: b,
+                last_committed: last_committed.map(id),
+                view: view(),
+                prev,
+            },
+        })
+    };
+    let decision = |to, seq| DecisionRequest {
+        cluster,
+        to,
+        batch: id(seq),
+    };
+    let commit = |to, seq| {
+        ParticipantRequest::Peer(PeerRequest::Commit {
+            req: decision(to, seq),
+        })
+    };
+    let abort = |to, seq| {
+        ParticipantRequest::Peer(PeerRequest::Abort {
+            req: decision(to, seq),
+        })
+    };
+    let frames = |calls: Vec<ParticipantRequest>| -> Vec<u8> {
+        calls
+            .into_iter()
+            .enumerate()
+            .flat_map(|(i, c)| frame_of(i as u64 + 1, c))
+            .collect()
+    };
+    put(
+        dir,
+        "member-rounds",
+        &frames(vec![
+            prepare(2, batch(1, 1), None, None),
+            commit(2, 1),
+            prepare(2, batch(2, 3), Some(1), None),
+            abort(2, 2),
+            prepare(2, batch(3, 3), Some(1), None),
+            commit(2, 3),
+            ParticipantRequest::Peer(PeerRequest::Probe {
+                req: ProbeRequest {
+                    cluster,
+                    to: 2,
+                    epoch: 3,
+                },
+            }),
+            ParticipantRequest::Peer(PeerRequest::Revoke {
+                req: RevokeRequest {
+                    cluster,
+                    to: 2,
+                    incarnation: 0x1002,
+                    epoch: 3,
+                },
+            }),
+        ]),
+    );
+    put(
+        dir,
+        "settled-by-next-prepare",
+        &frames(vec![
+            prepare(2, batch(1, 1), None, None),
+            prepare(2, batch(2, 3), Some(1), None),
+            prepare(2, batch(3, 3), Some(1), None),
+            commit(2, 3),
+        ]),
+    );
+    put(
+        dir,
+        "learner-prev",
+        &frames(vec![
+            prepare(4, batch(2, 3), Some(1), Some(batch(1, 1))),
+            commit(4, 2),
+            prepare(4, batch(4, 7), Some(3), Some(batch(3, 5))),
+        ]),
+    );
+    put(
+        dir,
+        "regress-version-overflow",
+        &frames(vec![
+            prepare(2, batch(1, u64::MAX), None, None),
+            prepare(4, batch(2, 0), Some(1), Some(batch(1, u64::MAX))),
+            prepare(4, batch(2, 1), None, None),
+        ]),
+    );
 }
