@@ -1068,6 +1068,7 @@ pub fn context_with_timeout(timeout: Duration) -> tarpc::context::Context {
 mod tests {
     use super::*;
     use crate::rpc::{CoordinatorRequest, CoordinatorResponse, coord_conn};
+    use proptest::prelude::*;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     #[tokio::test(start_paused = true)]
@@ -1089,6 +1090,58 @@ mod tests {
         let err = conn.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
         assert!(started.elapsed() >= Duration::from_secs(9));
+    }
+
+    /// Whether `bytes` stop inside a frame, by a plain parse: whole frames
+    /// (a 4-byte big-endian length, then that many bytes) one after another.
+    fn ends_mid_frame(bytes: &[u8]) -> bool {
+        let mut rest = bytes;
+        loop {
+            if rest.is_empty() {
+                return false;
+            }
+            if rest.len() < 4 {
+                return true;
+            }
+            let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+            if rest.len() - 4 < len {
+                return true;
+            }
+            rest = &rest[4 + len..];
+        }
+    }
+
+    proptest! {
+        /// The frame tracking behind the stall timeout agrees with a plain
+        /// parse of the same bytes, however the reads split them (bytes
+        /// from an untrusted peer: any lengths, 0 and huge ones included),
+        /// and a timer runs exactly while a frame is incomplete.
+        #[test]
+        fn frame_tracking_follows_the_frames_under_any_split(
+            frames in prop::collection::vec(
+                (prop_oneof![0u32..6, Just(u32::MAX), any::<u32>()], prop::collection::vec(any::<u8>(), 0..8)),
+                0..6,
+            ),
+            cuts in prop::collection::vec(0usize..40, 0..8),
+        ) {
+            let bytes: Vec<u8> = frames
+                .iter()
+                .flat_map(|(len, body)| len.to_be_bytes().into_iter().chain(body.iter().copied()))
+                .collect();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            let _in_rt = rt.enter();
+            let mut t = FrameTimeout::new((), Duration::from_secs(10));
+            let mut at = 0;
+            let mut cuts = cuts;
+            cuts.push(bytes.len());
+            for cut in cuts {
+                let end = cut.clamp(at, bytes.len());
+                t.track(&bytes[at..end]);
+                at = end;
+                prop_assert_eq!(t.mid_frame(), ends_mid_frame(&bytes[..at]));
+                prop_assert_eq!(t.deadline.is_some(), t.mid_frame());
+            }
+        }
     }
 
     /// A plain client that reaches a TLS port learns that it needs TLS,
