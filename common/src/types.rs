@@ -168,7 +168,11 @@ impl Batch {
     /// [`Batch::checked_last_version`] (or built by this process): it
     /// overflows on a batch that leaves no room for its versions.
     pub fn last_version(&self) -> Version {
-        self.first_version + self.ops.len() as u64 - 1
+        // Grouped so that a batch ending at the very last version fits.
+        match self.ops.len() as u64 {
+            0 => self.first_version - 1,
+            n => self.first_version + (n - 1),
+        }
     }
 
     /// Version of the last operation (`first_version - 1` when empty), or

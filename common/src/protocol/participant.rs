@@ -264,8 +264,9 @@ impl Participant {
             .map_err(|e| format!("log holds batch {} {what}: {e}", batch.id))
     }
 
-    /// Whether `batch` starts right after the applied version and its
-    /// versions fit: the check every batch from a log or a peer passes
+    /// Whether `batch` starts right after the applied version, holds
+    /// writes, and its versions fit: the check every batch from a log or a
+    /// peer passes
     /// before this replica adds to its versions.
     fn follows(&self, batch: &Batch) -> Result<(), String> {
         if self.store.applied().checked_add(1) != Some(batch.first_version) {
@@ -281,6 +282,11 @@ impl Participant {
                 batch.ops.len(),
                 batch.first_version
             ));
+        }
+        // Only a batch with writes is ever prepared, so only one is ever
+        // committed, logged or copied.
+        if batch.ops.is_empty() {
+            return Err("it holds no writes".into());
         }
         Ok(())
     }
@@ -500,7 +506,6 @@ impl Participant {
         if !member
             && let Some(prev) = &req.prev
             && Some(prev.id) == req.last_committed
-            && !prev.ops.is_empty()
             && self.follows(prev).is_ok()
             && prev.last_version().checked_add(1) == Some(batch.first_version)
         {
@@ -1069,6 +1074,85 @@ mod tests {
         );
         assert!(other.persist.is_empty());
         assert_eq!(p.pending().unwrap().batch, first.batch);
+    }
+
+    /// Found in review: a batch ending at the very last version passed the
+    /// checks, then `Batch::last_version` overflowed on it (`first + len`
+    /// before `- 1`) in `is_current`, the learner path and the window.
+    #[test]
+    fn a_batch_ending_at_the_last_version_is_served_like_any_other() {
+        let at = |applied| {
+            let snap = Snapshot {
+                store: Store::from_parts(Default::default(), applied, 0),
+                last_committed: None,
+                highest_seen: None,
+                view: None,
+            };
+            let mut p = Participant::restore(1, 1, Limits::default(), Some(snap), []).unwrap();
+            p.registered(CLUSTER, applied);
+            p
+        };
+        let last = Batch {
+            id: BatchId { epoch: 1, seq: 1 },
+            first_version: u64::MAX,
+            ops: vec![op(1, Some(1))],
+        };
+        assert_eq!(last.last_version(), u64::MAX);
+        // A member prepares and commits it, then serves the log up to it.
+        let mut p = at(u64::MAX - 1);
+        let req = PrepareRequest {
+            cluster: CLUSTER,
+            to: 1,
+            batch: last.clone(),
+            last_committed: None,
+            view: view(1),
+            prev: None,
+        };
+        assert!(matches!(p.prepare(&req).reply, Ok(Vote::Yes { .. })));
+        assert!(p.is_current());
+        assert_eq!(p.commit(CLUSTER, 1, last.id).reply, Ok(()));
+        assert_eq!(p.store().applied(), u64::MAX);
+        let digest = p.store().digest();
+        assert!(p.can_serve_log(u64::MAX, digest));
+        assert!(
+            !p.can_serve_log(u64::MAX - 1, 0),
+            "no digest is known before it"
+        );
+        let served = p.log_after(u64::MAX - 1, 1 << 20).unwrap().batches;
+        assert_eq!(served.len(), 1);
+        assert_eq!(served[0].batch.last_version(), u64::MAX);
+        assert!(p.log_after(u64::MAX, 1 << 20).unwrap().batches.is_empty());
+        // A learner takes it as the `prev` of the next prepare, which can
+        // only be refused: no version follows it.
+        let mut learner = at(u64::MAX - 1);
+        let next = PrepareRequest {
+            cluster: CLUSTER,
+            to: 1,
+            batch: Batch {
+                id: BatchId { epoch: 1, seq: 2 },
+                first_version: 1,
+                ops: vec![op(2, Some(2))],
+            },
+            last_committed: Some(last.id),
+            view: View {
+                epoch: 1,
+                members: vec![],
+            },
+            prev: Some(last),
+        };
+        assert_eq!(learner.learner_gap(&next), None);
+        let step = learner.prepare(&next);
+        assert!(
+            !matches!(step.reply, Ok(Vote::Yes { .. })),
+            "{:?}",
+            step.reply
+        );
+        assert_eq!(
+            learner.store().applied(),
+            u64::MAX - 1,
+            "nothing follows it"
+        );
+        assert!(learner.is_current());
     }
 
     /// A version near either end of the range, or near `applied`.
