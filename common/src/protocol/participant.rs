@@ -974,6 +974,25 @@ mod tests {
         }
     }
 
+    /// An empty store's snapshot at `applied`.
+    fn empty_snapshot(applied: Version) -> Snapshot {
+        Snapshot {
+            store: Store::from_parts(Default::default(), applied, 0),
+            last_committed: None,
+            highest_seen: None,
+            view: None,
+        }
+    }
+
+    /// Replica 1 restored from [`empty_snapshot`] at `applied`, registered.
+    fn restored_at(applied: Version) -> Participant {
+        let mut p =
+            Participant::restore(1, 1, Limits::default(), Some(empty_snapshot(applied)), [])
+                .unwrap();
+        p.registered(CLUSTER, applied);
+        p
+    }
+
     proptest! {
         /// Restoring from a snapshot taken at any point plus the log written
         /// after it gives exactly the state a replay of the whole log gives.
@@ -1081,17 +1100,6 @@ mod tests {
     /// before `- 1`) in `is_current`, the learner path and the window.
     #[test]
     fn a_batch_ending_at_the_last_version_is_served_like_any_other() {
-        let at = |applied| {
-            let snap = Snapshot {
-                store: Store::from_parts(Default::default(), applied, 0),
-                last_committed: None,
-                highest_seen: None,
-                view: None,
-            };
-            let mut p = Participant::restore(1, 1, Limits::default(), Some(snap), []).unwrap();
-            p.registered(CLUSTER, applied);
-            p
-        };
         let last = Batch {
             id: BatchId { epoch: 1, seq: 1 },
             first_version: u64::MAX,
@@ -1099,7 +1107,7 @@ mod tests {
         };
         assert_eq!(last.last_version(), u64::MAX);
         // A member prepares and commits it, then serves the log up to it.
-        let mut p = at(u64::MAX - 1);
+        let mut p = restored_at(u64::MAX - 1);
         let req = PrepareRequest {
             cluster: CLUSTER,
             to: 1,
@@ -1124,7 +1132,7 @@ mod tests {
         assert!(p.log_after(u64::MAX, 1 << 20).unwrap().batches.is_empty());
         // A learner takes it as the `prev` of the next prepare, which can
         // only be refused: no version follows it.
-        let mut learner = at(u64::MAX - 1);
+        let mut learner = restored_at(u64::MAX - 1);
         let next = PrepareRequest {
             cluster: CLUSTER,
             to: 1,
@@ -1179,14 +1187,7 @@ mod tests {
             member in any::<bool>(),
             prev_committed in any::<bool>(),
         ) {
-            let snap = Snapshot {
-                store: Store::from_parts(Default::default(), applied, 0),
-                last_committed: None,
-                highest_seen: None,
-                view: None,
-            };
-            let mut p = Participant::restore(1, 1, Limits::default(), Some(snap), []).unwrap();
-            p.registered(CLUSTER, applied);
+            let mut p = restored_at(applied);
             let batch = |seq, first_version, n: usize| Batch {
                 id: BatchId { epoch: 1, seq },
                 first_version,
@@ -1210,12 +1211,7 @@ mod tests {
                 prop_assert_eq!(start, Some(first));
                 prop_assert!(req.batch.checked_last_version().is_some());
             }
-            let mut fresh = Participant::restore(1, 1, Limits::default(), Some(Snapshot {
-                store: Store::from_parts(Default::default(), applied, 0),
-                last_committed: None,
-                highest_seen: None,
-                view: None,
-            }), []).unwrap();
+            let mut fresh = restored_at(applied);
             let lb = LearnedBatch { digest: 0, batch: batch(3, first, ops) };
             let fits = applied.checked_add(1) == Some(first) && lb.batch.checked_last_version().is_some();
             if !fits {
@@ -1230,19 +1226,19 @@ mod tests {
     /// 1` overflowed) instead of refusing the damaged data dir.
     #[test]
     fn restore_refuses_versions_past_the_last_one() {
-        let snapshot = |applied| Snapshot {
-            store: Store::from_parts(Default::default(), applied, 0),
-            last_committed: None,
-            highest_seen: None,
-            view: None,
-        };
         let batch = |first_version, ops: Vec<Op>| Batch {
             id: BatchId { epoch: 1, seq: 1 },
             first_version,
             ops,
         };
         let restore = |applied, record| {
-            Participant::restore(1, 1, Limits::default(), Some(snapshot(applied)), [record])
+            Participant::restore(
+                1,
+                1,
+                Limits::default(),
+                Some(empty_snapshot(applied)),
+                [record],
+            )
         };
         let next = |b: Batch| [Record::Prepared(b.clone()), Record::Learned(b)];
         for record in next(batch(0, vec![op(1, Some(1))])) {
