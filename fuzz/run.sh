@@ -25,7 +25,7 @@ shift || true
 if [ "$#" -gt 0 ]; then
     targets=("$@")
 else
-    targets=(frame wal wal_open snapshot script peer)
+    targets=(frame wal wal_open snapshot script peer coord)
 fi
 case "$secs" in
     '' | *[!0-9]*) echo "run.sh: seconds must be a whole number, got '$secs'" >&2; exit 2 ;;

@@ -36,6 +36,7 @@ fn main() {
     snapshots(&root.join("snapshot"));
     script(&root.join("script"));
     peer(&root.join("peer"));
+    coord(&root.join("coord"));
     println!("seeds written under {}", root.display());
 }
 
@@ -580,4 +581,79 @@ fn peer(dir: &Path) {
             prepare(4, batch(2, 1), None, None),
         ]),
     );
+}
+
+/// Participant calls to a fresh coordinator of five: the first start
+/// (each registers, then renews as a learner until it joins), writes, a
+/// question about a batch in doubt, and a replica coming back wiped (a new
+/// incarnation) or failing its catch-up.
+fn coord(dir: &Path) {
+    let cluster = ClusterId(0xfeed);
+    let renew = |id: u32, incarnation: u64, applied, catchup| {
+        CoordinatorRequest::Coord(CoordRequest::Renew {
+            req: RenewRequest {
+                cluster,
+                id,
+                incarnation,
+                epoch: 1,
+                applied,
+                digest: 0,
+                pending: None,
+                catchup,
+                advertise: String::new(),
+            },
+        })
+    };
+    // Not Clone: built afresh for each seed.
+    let start = || {
+        let mut start: Vec<CoordinatorRequest> = (1..=5)
+            .map(|id| {
+                CoordinatorRequest::Coord(CoordRequest::Register {
+                    req: RegisterRequest {
+                        id,
+                        cluster: None,
+                        incarnation: 0x1000 + u64::from(id),
+                        applied: 0,
+                        advertise: format!("127.0.0.1:780{id}"),
+                    },
+                })
+            })
+            .collect();
+        for _ in 0..3 {
+            start.extend(
+                (1..=5).map(|id| renew(id, 0x1000 + u64::from(id), 0, CatchupState::Following)),
+            );
+        }
+        start
+    };
+    let frames = |calls: Vec<CoordinatorRequest>| -> Vec<u8> {
+        calls
+            .into_iter()
+            .enumerate()
+            .flat_map(|(i, c)| frame_of(i as u64 + 1, c))
+            .collect()
+    };
+    put(dir, "first-start", &frames(start()));
+    let mut writes = start();
+    writes.push(CoordinatorRequest::Coord(CoordRequest::Submit {
+        op: Op::Put {
+            key: b"user:1".to_vec(),
+            value: b"alice".to_vec(),
+        },
+    }));
+    writes.push(CoordinatorRequest::Coord(CoordRequest::Resolve {
+        req: quintet_common::rpc::ResolveRequest {
+            cluster,
+            from: 2,
+            incarnation: 0x1002,
+            batch: BatchId { epoch: 2, seq: 1 },
+            first_version: 1,
+        },
+    }));
+    put(dir, "writes-and-resolve", &frames(writes));
+    let mut wiped = start();
+    wiped.push(renew(3, 0x2003, 0, CatchupState::Following));
+    wiped.push(renew(3, 0x2003, 0, CatchupState::Failed { source: 1 }));
+    wiped.push(renew(3, 0x2003, u64::MAX, CatchupState::Following));
+    put(dir, "wiped-replica", &frames(wiped));
 }
