@@ -45,6 +45,15 @@ fn put(dir: &Path, name: &str, bytes: &[u8]) {
     fs::write(dir.join(name), bytes).expect("write a seed");
 }
 
+/// One connection's worth of `calls`, as frames with ids 1, 2, ...
+fn frames<Req: Serialize>(calls: Vec<Req>) -> Vec<u8> {
+    calls
+        .into_iter()
+        .enumerate()
+        .flat_map(|(i, c)| frame_of(i as u64 + 1, c))
+        .collect()
+}
+
 /// One frame as a client writes it: a 4-byte big-endian length, then the
 /// message in tarpc's bincode format.
 fn frame_of<Req: Serialize>(id: u64, message: Req) -> Vec<u8> {
@@ -519,13 +528,6 @@ fn peer(dir: &Path) {
             req: decision(to, seq),
         })
     };
-    let frames = |calls: Vec<ParticipantRequest>| -> Vec<u8> {
-        calls
-            .into_iter()
-            .enumerate()
-            .flat_map(|(i, c)| frame_of(i as u64 + 1, c))
-            .collect()
-    };
     put(
         dir,
         "member-rounds",
@@ -625,13 +627,6 @@ fn coord(dir: &Path) {
             );
         }
         start
-    };
-    let frames = |calls: Vec<CoordinatorRequest>| -> Vec<u8> {
-        calls
-            .into_iter()
-            .enumerate()
-            .flat_map(|(i, c)| frame_of(i as u64 + 1, c))
-            .collect()
     };
     put(dir, "first-start", &frames(start()));
     let mut writes = start();
